@@ -1,0 +1,38 @@
+"""Installs the bidir package: bi-directional LLM teacher / RL student training on BabyAI."""
+from setuptools import find_packages, setup
+
+setup(
+    name="bidir",
+    version="0.1.0",
+    description="Bi-directional teacher-student training: an LLM teacher guides a BabyAI student, "
+    "the student's critique trains the teacher.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["bidir", "bidir.*"]),
+    package_data={"bidir": ["conf/*.yaml", "conf/*/*.yaml", "assets/*/*"]},
+    install_requires=[
+        "torch>=2.1",
+        "transformers>=4.40",
+        "accelerate",
+        "hydra-core>=1.3",
+        "minigrid>=3.0,<4",
+        "gymnasium>=1.0",
+        "numpy",
+        "wandb",
+        "tqdm",
+        "matplotlib",
+        "tokenizers",
+        "safetensors",
+    ],
+    extras_require={
+        "lamorel": ["lamorel @ git+https://github.com/flowersteam/lamorel.git@v0.3#subdirectory=lamorel", "peft"],
+        "lora": ["peft"],
+        "test": ["pytest"],
+    },
+    entry_points={
+        "console_scripts": [
+            "bidir-train=bidir.train:main",
+            "bidir-eval=bidir.evaluate:main",
+            "bidir-teacher=bidir.teacher_model:main",
+        ]
+    },
+)
