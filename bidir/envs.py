@@ -1,0 +1,280 @@
+"""BabyAI environments with BabyAI-Text descriptions, single and vectorized.
+
+Three pieces, each doing one thing:
+
+- ``describe`` turns minigrid's 7x7 egocentric observation into BabyAI-Text sentences
+  (the text format GLAM's ``babyai-text`` package produces, DESIGN.md section 4);
+- ``make_text_env`` wraps one BabyAI level so that every ``reset``/``step`` info carries
+  those sentences and the mission;
+- ``TextVecEnv`` steps N of them in lock-step with instructions as actions, auto-reset,
+  reward scaling and episode statistics, and can save/restore its complete state.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import pickle
+from collections.abc import Sequence
+
+import gymnasium
+import minigrid  # noqa: F401  (importing minigrid registers the BabyAI-* and MiniGrid-* ids)
+import numpy as np
+from minigrid.core.actions import Actions
+from minigrid.core.constants import IDX_TO_COLOR, IDX_TO_OBJECT, OBJECT_TO_IDX
+from minigrid.minigrid_env import MiniGridEnv
+
+INSTRUCTIONS: tuple[str, ...] = ("turn left", "turn right", "go forward", "pick up", "drop", "toggle")
+"""The teacher's default candidate instructions, in minigrid's action order."""
+
+INSTRUCTION_ACTIONS: dict[str, int] = {
+    "turn left": int(Actions.left),
+    "turn right": int(Actions.right),
+    "go forward": int(Actions.forward),
+    "pick up": int(Actions.pickup),
+    "drop": int(Actions.drop),
+    "toggle": int(Actions.toggle),
+    "done": int(Actions.done),
+}
+"""Instruction text -> the minigrid action that carries it out."""
+
+_UNSEEN = OBJECT_TO_IDX["unseen"]
+_EMPTY = OBJECT_TO_IDX["empty"]
+_WALL = OBJECT_TO_IDX["wall"]
+_DOOR = OBJECT_TO_IDX["door"]
+# minigrid encodes a door's state as 0 = open, 1 = closed, 2 = locked.
+_DOOR_STATES = ("open", "closed", "locked")
+
+
+def instruction_actions(instructions: Sequence[str]) -> list[int]:
+    """Map instruction texts to minigrid action ids (see ``INSTRUCTION_ACTIONS``)."""
+    unknown = [text for text in instructions if text not in INSTRUCTION_ACTIONS]
+    if unknown:
+        raise ValueError(
+            f"Instruction(s) {unknown} map to no minigrid action; "
+            f"valid instructions: {', '.join(INSTRUCTION_ACTIONS)}"
+        )
+    return [INSTRUCTION_ACTIONS[text] for text in instructions]
+
+
+def babyai_env_ids() -> list[str]:
+    """Every ``BabyAI-*`` environment id registered in gymnasium, sorted."""
+    return sorted(env_id for env_id in gymnasium.registry if env_id.startswith("BabyAI-"))
+
+
+def _steps(n: int, direction: str) -> str:
+    return f"{n} step{'s' if n > 1 else ''} {direction}"
+
+
+@functools.lru_cache(maxsize=None)
+def _object_text(type_idx: int, color_idx: int, state: int) -> str:
+    """``You see a {color} {type} `` (doors: ``You see a {state} {color} door ``)."""
+    name = f"{IDX_TO_COLOR[color_idx]} {IDX_TO_OBJECT[type_idx]}"
+    if type_idx == _DOOR:
+        # BabyAI-Text writes "a open" too; kept so that text-trained models read the same words.
+        name = f"{_DOOR_STATES[state]} {name}"
+    return f"You see a {name} "
+
+
+@functools.lru_cache(maxsize=None)
+def _distance_text(right: int, forward: int) -> str:
+    """Distance phrase for an object ``right`` columns right (negative: left) and ``forward`` rows ahead."""
+    if right == 0:
+        return _steps(forward, "forward")
+    side = _steps(abs(right), "right" if right > 0 else "left")
+    return side if forward == 0 else f"{side} and {_steps(forward, 'forward')}"
+
+
+def _wall_sentence(line: np.ndarray, direction: str) -> list[str]:
+    """A wall sentence if the first non-empty, seen cell along ``line`` (nearest first) is a wall."""
+    blocking = np.flatnonzero(line > _EMPTY)
+    if blocking.size and line[blocking[0]] == _WALL:
+        return [f"You see a wall {_steps(int(blocking[0]) + 1, direction)}"]
+    return []
+
+
+def describe(image: np.ndarray, carrying) -> list[str]:
+    """BabyAI-Text sentences for one egocentric minigrid observation.
+
+    ``image`` is minigrid's ``obs["image"]``, indexed ``[x, y, (type, color, state)]``, with the
+    agent at column ``width // 2`` of the last row (3, 6 in the 7x7 view), facing decreasing y.
+    ``carrying`` is ``env.unwrapped.carrying`` (a ``WorldObj`` or ``None``).
+
+    Sentences, in order: ``You carry a {color} {type}`` when carrying; a wall straight ahead,
+    left and right (``You see a wall 2 steps forward``), each only when no seen object stands
+    between the agent and the wall on that line; then every seen object other than empty cells
+    and walls, by column left to right and within a column from the far row toward the agent,
+    with its distance (``N steps forward``, ``N steps left|right`` or
+    ``N steps left|right and M steps forward``). The agent's own cell, where minigrid draws the
+    carried object, is skipped.
+    """
+    types = image[:, :, 0]
+    width, height = types.shape
+    agent_x, agent_y = width // 2, height - 1
+    sentences = [f"You carry a {carrying.color} {carrying.type}"] if carrying is not None else []
+    sentences += _wall_sentence(types[agent_x, agent_y - 1 :: -1], "forward")
+    if agent_x > 0:
+        sentences += _wall_sentence(types[agent_x - 1 :: -1, agent_y], "left")
+    sentences += _wall_sentence(types[agent_x + 1 :, agent_y], "right")
+
+    is_object = types > _WALL
+    is_object[agent_x, agent_y] = False
+    # np.nonzero walks the array in C order: x ascending, then y ascending (far row first).
+    xs, ys = np.nonzero(is_object)
+    for x, y, (type_idx, color_idx, state) in zip(xs.tolist(), ys.tolist(), image[xs, ys].tolist()):
+        sentences.append(_object_text(type_idx, color_idx, state) + _distance_text(x - agent_x, agent_y - y))
+    return sentences
+
+
+class BabyAITextWrapper(gymnasium.Wrapper):
+    """Adds BabyAI-Text ``descriptions`` (list of str) and ``mission`` (str) to every info.
+
+    Observations are left as minigrid's dict (``image``, ``direction``, ``mission``).
+    ``seed``, if given, seeds the first ``reset`` that is called without a seed; later resets
+    continue the env's own RNG, as in gymnasium.
+    """
+
+    def __init__(self, env: gymnasium.Env, seed: int | None = None):
+        super().__init__(env)
+        self._first_seed = seed
+        self._minigrid = env.unwrapped
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is None:
+            seed = self._first_seed
+        self._first_seed = None
+        obs, info = self.env.reset(seed=seed, options=options)
+        return obs, self._with_text(obs, info)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, self._with_text(obs, info)
+
+    def _with_text(self, obs: dict, info: dict) -> dict:
+        info = dict(info)
+        info["descriptions"] = describe(obs["image"], self._minigrid.carrying)
+        info["mission"] = obs["mission"]
+        return info
+
+
+def make_text_env(env_id: str, seed: int | None = None) -> gymnasium.Env:
+    """A BabyAI (or other minigrid) level whose infos carry BabyAI-Text descriptions.
+
+    ``seed`` seeds the first reset (see ``BabyAITextWrapper``). ``env.unwrapped`` is the minigrid
+    env. An unknown ``env_id`` raises ``ValueError`` naming the closest registered ids.
+    """
+    if env_id not in gymnasium.registry:
+        known = [i for i in gymnasium.registry if i.startswith(("BabyAI-", "MiniGrid-"))]
+        close = difflib.get_close_matches(env_id, known, n=5, cutoff=0.5)
+        hint = f"closest: {', '.join(close)}" if close else "see bidir.envs.babyai_env_ids()"
+        raise ValueError(f"Unknown env_id {env_id!r}; {hint}")
+    env = gymnasium.make(env_id)
+    if not isinstance(env.unwrapped, MiniGridEnv):
+        env.close()
+        raise ValueError(f"{env_id!r} is not a minigrid environment; BabyAI-Text needs one")
+    return BabyAITextWrapper(env, seed=seed)
+
+
+class TextVecEnv:
+    """N BabyAI-Text envs stepped in lock-step with auto-reset and episode statistics.
+
+    Actions are indices into ``instructions``. Seeding: env ``i`` is first reset with seed
+    ``seed * 10_000 + i``; its later episodes continue that env's own RNG (gymnasium semantics),
+    so runs with the same ``seed`` see the same episodes, and different ``seed`` values give
+    disjoint first-episode seeds for up to 10,000 envs.
+
+    When env ``i``'s episode ends (terminated or truncated) it is reset at once: ``obs`` and
+    ``infos[i]`` are then the new episode's first observation, and ``infos[i]["episode"]`` holds
+    the finished episode's ``return`` (unscaled), ``length`` and ``success`` (terminated with a
+    positive reward).
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        n_envs: int,
+        seed: int,
+        instructions: Sequence[str] = INSTRUCTIONS,
+        reward_scale: float = 1.0,
+    ):
+        if n_envs < 1:
+            raise ValueError(f"n_envs must be at least 1, got {n_envs}")
+        self.env_id = env_id
+        self.n_envs = n_envs
+        self.instructions = tuple(instructions)
+        self.reward_scale = reward_scale
+        self._actions = instruction_actions(self.instructions)
+        self._envs = [make_text_env(env_id, seed=seed * 10_000 + i) for i in range(n_envs)]
+        self._returns = [0.0] * n_envs
+        self._lengths = [0] * n_envs
+
+    def reset(self) -> tuple[dict, list[dict]]:
+        """Reset every env; returns batched obs and one info dict per env."""
+        observations, infos = zip(*(env.reset() for env in self._envs))
+        self._returns = [0.0] * self.n_envs
+        self._lengths = [0] * self.n_envs
+        return self._batch(observations), list(infos)
+
+    def step(self, instruction_ids: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray, list[dict]]:
+        """Carry out one instruction per env; returns obs, scaled rewards, dones, infos."""
+        instruction_ids = np.asarray(instruction_ids)
+        if instruction_ids.shape != (self.n_envs,):
+            raise ValueError(f"expected {self.n_envs} instruction ids, got shape {instruction_ids.shape}")
+        observations, infos = [], []
+        rewards = np.zeros(self.n_envs, dtype=np.float32)
+        dones = np.zeros(self.n_envs, dtype=bool)
+        for i, (env, instruction_id) in enumerate(zip(self._envs, instruction_ids.tolist())):
+            obs, reward, terminated, truncated, info = env.step(self._actions[instruction_id])
+            self._returns[i] += float(reward)
+            self._lengths[i] += 1
+            if terminated or truncated:
+                episode = {
+                    "return": self._returns[i],
+                    "length": self._lengths[i],
+                    "success": bool(terminated and reward > 0),
+                }
+                obs, info = env.reset()
+                info["episode"] = episode
+                self._returns[i], self._lengths[i] = 0.0, 0
+            observations.append(obs)
+            infos.append(info)
+            rewards[i] = reward
+            dones[i] = terminated or truncated
+        return self._batch(observations), rewards * np.float32(self.reward_scale), dones, infos
+
+    def get_state(self) -> bytes:
+        """Complete state (every env with its RNG, episode counters) as bytes, for ``set_state``."""
+        return pickle.dumps(
+            {
+                "env_id": self.env_id,
+                "n_envs": self.n_envs,
+                "envs": self._envs,
+                "returns": self._returns,
+                "lengths": self._lengths,
+            }
+        )
+
+    def set_state(self, state: bytes) -> None:
+        """Restore a state from ``get_state``; the run then continues bit-identically."""
+        loaded = pickle.loads(state)
+        if (loaded["env_id"], loaded["n_envs"]) != (self.env_id, self.n_envs):
+            raise ValueError(
+                f"state is for {loaded['n_envs']} x {loaded['env_id']}, "
+                f"this TextVecEnv runs {self.n_envs} x {self.env_id}"
+            )
+        self.close()
+        self._envs = loaded["envs"]
+        self._returns = loaded["returns"]
+        self._lengths = loaded["lengths"]
+
+    def close(self) -> None:
+        """Close every env."""
+        for env in self._envs:
+            env.close()
+
+    @staticmethod
+    def _batch(observations: Sequence[dict]) -> dict:
+        return {
+            "image": np.stack([obs["image"] for obs in observations]),
+            "direction": np.array([obs["direction"] for obs in observations], dtype=np.int64),
+        }
