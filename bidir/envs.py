@@ -208,6 +208,11 @@ class TextVecEnv:
         self._returns = [0.0] * n_envs
         self._lengths = [0] * n_envs
 
+    @property
+    def envs(self) -> list[gymnasium.Env]:
+        """The text envs, env ``i`` at index ``i`` (e.g. for a bot that reads ``env.unwrapped``)."""
+        return self._envs
+
     def reset(self) -> tuple[dict, list[dict]]:
         """Reset every env; returns batched obs and one info dict per env."""
         observations, infos = zip(*(env.reset() for env in self._envs))
