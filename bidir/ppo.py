@@ -1,0 +1,73 @@
+"""PPO pieces shared by the student (client side) and the teacher (LLM side): the batch type,
+GAE, and the clipped losses. Plain functions so both sides compute exactly the same thing."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class Batch(dict):
+    """A dict of equally long tensors (or lists) that can be indexed as one: `batch[idx]`
+    selects the same rows of every field, `batch.field` reads a field."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as error:
+            raise AttributeError(name) from error
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return dict.__getitem__(self, key)
+        return Batch({name: _take(value, key) for name, value in self.items()})
+
+    def __len__(self):
+        return len(next(iter(self.values()))) if self else 0
+
+
+def _take(value, index):
+    if isinstance(value, list):
+        return [value[i] for i in np.asarray(index).reshape(-1)]
+    return value[index]
+
+
+def gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_values: np.ndarray,
+        gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Generalized advantage estimation over a (T, n_envs) rollout.
+
+    `dones[t]` is true when the episode ended with step t, so step t+1 belongs to a new episode
+    and nothing is bootstrapped across. `last_values` are V(s_T) for the state after the rollout.
+    Returns (advantages, returns) with returns = advantages + values.
+    """
+    steps = rewards.shape[0]
+    advantages = np.zeros_like(rewards, dtype=np.float32)
+    next_advantage = np.zeros_like(last_values, dtype=np.float32)
+    next_value = last_values
+    for t in reversed(range(steps)):
+        not_done = 1.0 - dones[t].astype(np.float32)
+        delta = rewards[t] + gamma * next_value * not_done - values[t]
+        next_advantage = delta + gamma * lam * not_done * next_advantage
+        advantages[t] = next_advantage
+        next_value = values[t]
+    return advantages, advantages + values
+
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                clip_eps: float) -> torch.Tensor:
+    """PPO's clipped surrogate, negated for minimisation."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    return -torch.min(ratio * advantages, clipped * advantages).mean()
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               clip_eps: float) -> torch.Tensor:
+    """Clipped value loss: the worse of the unclipped and clipped squared errors (as GLAM)."""
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
+    return torch.max((values - returns) ** 2, (clipped_values - returns) ** 2).mean()
+
+
+def minibatches(n: int, size: int, generator: torch.Generator):
+    """Shuffled index minibatches covering range(n) once."""
+    order = torch.randperm(n, generator=generator)
+    return [order[start:start + size] for start in range(0, n, size)]

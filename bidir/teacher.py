@@ -1,0 +1,220 @@
+"""The LLM teacher.
+
+LLM side (runs inside a Lamorel server, or in-process under LocalCaller): the module functions
+`score` (log pi_T of each candidate instruction) and `value` (V_T), the initializer that restores
+a checkpoint, and the PPO updater. Client side: `Teacher`, which writes prompts, asks the LLM for
+messages (memoized while the weights stay fixed) and sends rollouts to the updater.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bidir.llm import BaseModelInitializer, BaseModuleFunction, BaseUpdater
+from bidir.ppo import policy_loss, value_loss
+
+TEACHER_CHECKPOINT = "teacher.pt"
+
+
+def build_prompt(mission: str, observations: list[list[str]], actions: list[str],
+                 critique: str | None = None) -> str:
+    """The teacher's prompt: goal, the recent observations (oldest first) with the instruction
+    given after each past one, the last critique when there is one, then `Action:`.
+
+    `observations` holds lists of BabyAI-Text sentences; `actions` the instructions that followed
+    all but the last observation."""
+    lines = [f"Goal of the agent: {mission}"]
+    for step, sentences in enumerate(observations):
+        lines.append(f"Observation {step}: " + ", ".join(sentences))
+        if step < len(actions):
+            lines.append(f"Action {step}: {actions[step]}")
+    if critique:
+        lines.append(f"Critique: {critique}")
+    lines.append("Action:")
+    return "\n".join(lines)
+
+
+def _candidate_positions(llm_config, tokenized_contexts) -> int:
+    """Index of the last context token in a causal minibatch (0 when contexts were pre-encoded)."""
+    if llm_config.pre_encode_inputs:
+        return 0
+    return len(tokenized_contexts[0]["input_ids"])  # contexts are padded to one length
+
+
+class InstructionLogProbs(BaseModuleFunction):
+    """log pi(candidate | context): the sum of the candidate's token log-probabilities.
+    Lamorel's built-in `__score` returns probabilities, which underflow; RL needs logs."""
+
+    def initialize(self):
+        """Nothing to build: the scores come from the LLM's own logits."""
+
+    def forward(self, forward_outputs, minibatch, tokenized_contexts, **kwargs):
+        """Returns a (B,) tensor of candidate log-probabilities."""
+        if self.llm_config.model_type == "causal":
+            start = _candidate_positions(self.llm_config, tokenized_contexts)
+            logits = forward_outputs["logits"][:, start:-1, :]
+            tokens = minibatch["input_ids"][:, start + 1:]
+        else:
+            logits = forward_outputs["logits"][:, :-1, :]  # the last position predicts past the candidate
+            tokens = minibatch["decoder_input_ids"][:, 1:]  # the first decoder input is the start token
+        logprobs = torch.log_softmax(logits.float(), dim=-1).gather(2, tokens.unsqueeze(-1)).squeeze(-1)
+        logprobs = logprobs.masked_fill(tokens == self.llm_config.pad_token, 0.0)
+        return logprobs.sum(-1).cpu()
+
+
+class TeacherValueHead(BaseModuleFunction):
+    """V_T(prompt): an MLP on the LLM's last hidden state where the answer starts."""
+
+    def initialize(self):
+        """Builds the head on the server's device, sized to the LLM's hidden state."""
+        config = self.model_config.to_dict()
+        hidden = config.get("hidden_size") or config.get("d_model")
+        self.head = torch.nn.Sequential(
+            torch.nn.Linear(hidden, 256), torch.nn.Sigmoid(), torch.nn.Linear(256, 1)).to(self.device)
+
+    def forward(self, forward_outputs, minibatch, tokenized_contexts, **kwargs):
+        """Returns a (B, 1) tensor of values."""
+        if self.llm_config.model_type == "causal":
+            start = _candidate_positions(self.llm_config, tokenized_contexts)
+            state = forward_outputs["hidden_states"][-1][:, start, :]
+        else:
+            state = forward_outputs["decoder_hidden_states"][-1][:, 0, :]
+        return self.head(state.float().to(self.device)).cpu()
+
+
+class TeacherInitializer(BaseModelInitializer):
+    """Loads a teacher checkpoint (LLM and value head) into the freshly built model, if given."""
+
+    def __init__(self, checkpoint: str | None):
+        super().__init__()
+        self.checkpoint = checkpoint
+
+    def initialize_model(self, model):
+        """Restores the weights saved by TeacherPPOUpdater; the model is returned unchanged
+        when there is no checkpoint."""
+        if self.checkpoint:
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"], strict=True)
+        return model
+
+
+class TeacherPPOUpdater(BaseUpdater):
+    """GLAM's PPO loss on the LLM: clipped policy over the candidate distribution, clipped value,
+    entropy bonus; gradient accumulation; grad-norm clipping. The optimizer lives here, across
+    calls. On N servers each updates its share `_current_batch_ids` and DDP averages gradients.
+
+    Keyword arguments of `caller.update(contexts, candidates, ...)`: actions, logprobs, values,
+    advantages, returns (tensors over all contexts), lr, epochs, minibatches (count per epoch),
+    gradient_batch_size, clip_eps, entropy_coef, value_loss_coef, max_grad_norm; `save_to`
+    (write a checkpoint after the update) and `resume_from` (optimizer state to load first)."""
+
+    def perform_update(self, contexts, candidates, _current_batch_ids, **kwargs):
+        """Runs the PPO epochs on this server's share and returns mean losses."""
+        module = getattr(self._llm_module, "module", self._llm_module)  # DDP under Lamorel
+        if not hasattr(self, "optimizer"):
+            self.optimizer = torch.optim.Adam(self._llm_module.parameters(), lr=kwargs["lr"])
+            if kwargs.get("resume_from") and os.path.exists(kwargs["resume_from"]):
+                state = torch.load(kwargs["resume_from"], map_location="cpu", weights_only=True)
+                self.optimizer.load_state_dict(state["optimizer"])
+        losses = self._ppo(contexts, candidates, _current_batch_ids, kwargs) if contexts else {}
+        if kwargs.get("save_to"):
+            _save_atomically({"model": module.state_dict(), "optimizer": self.optimizer.state_dict()},
+                             kwargs["save_to"])
+        return losses
+
+    def _ppo(self, contexts, candidates, batch_ids, kw):
+        rows = torch.as_tensor(batch_ids["contexts"])
+        data = {k: torch.as_tensor(kw[k])[rows] for k in ("actions", "logprobs", "values", "advantages", "returns")}
+        sums = {"teacher_policy_loss": 0.0, "teacher_value_loss": 0.0, "teacher_entropy": 0.0}
+        steps = 0
+        for _ in range(kw["epochs"]):
+            for minibatch in np.array_split(np.arange(len(contexts)), kw["minibatches"]):
+                pieces = np.array_split(minibatch, max(1, math.ceil(len(minibatch) / kw["gradient_batch_size"])))
+                self.optimizer.zero_grad()
+                for piece in pieces:
+                    outputs = self._llm_module(["score", "value"], contexts=[contexts[i] for i in piece],
+                                               candidates=[candidates[i] for i in piece], require_grad=True)
+                    scores = torch.stack([o["score"] for o in outputs])
+                    values = torch.stack([o["value"][0, 0] for o in outputs])
+                    dist = torch.distributions.Categorical(logits=scores)
+                    d = {k: v[piece] for k, v in data.items()}
+                    p_loss = policy_loss(dist.log_prob(d["actions"]), d["logprobs"], d["advantages"], kw["clip_eps"])
+                    v_loss = value_loss(values, d["values"], d["returns"], kw["clip_eps"])
+                    entropy = dist.entropy().mean()
+                    loss = p_loss - kw["entropy_coef"] * entropy + kw["value_loss_coef"] * v_loss
+                    (loss * len(piece) / len(minibatch)).backward()
+                    for name, value in zip(sums, (p_loss, v_loss, entropy)):
+                        sums[name] += value.item()
+                    steps += 1
+                torch.nn.utils.clip_grad_norm_(self._llm_module.parameters(), kw["max_grad_norm"])
+                self.optimizer.step()
+        return {name: total / steps for name, total in sums.items()}
+
+
+def _save_atomically(state, path):
+    """Every server may write the same checkpoint; a per-process temp file and a rename keep the
+    file whole whoever writes last."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def teacher_module_functions() -> dict:
+    """The module functions every teacher LLM serves, keyed as the updater and client call them."""
+    return {"score": InstructionLogProbs(), "value": TeacherValueHead()}
+
+
+class Teacher:
+    """Client side of the teacher: messages (pi_T, V_T) for prompts, and PPO updates.
+
+    Within an iteration the teacher's weights are fixed, so a prompt seen before gets the same
+    answer: outputs are memoized until `forget()` (called after each update)."""
+
+    def __init__(self, caller, instructions: list[str]):
+        self.caller = caller
+        self.instructions = list(instructions)
+        self.memo: dict[str, tuple[np.ndarray, float]] = {}
+        self.llm_contexts = 0  # contexts actually sent to the LLM, for speed accounting
+
+    def advise(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """pi_T over the instructions (n, k) and V_T (n,) for each prompt."""
+        missing = list(dict.fromkeys(p for p in prompts if p not in self.memo))
+        if missing:
+            outputs = self.caller.custom_module_fns(
+                ["score", "value"], contexts=missing, candidates=[self.instructions] * len(missing))
+            self.llm_contexts += len(missing)
+            for prompt, output in zip(missing, outputs):
+                probs = torch.softmax(output["score"].double(), dim=-1).numpy()
+                self.memo[prompt] = (probs, float(output["value"][0, 0]))
+        probs = np.stack([self.memo[p][0] for p in prompts])
+        values = np.array([self.memo[p][1] for p in prompts], dtype=np.float32)
+        return probs, values
+
+    def forget(self):
+        """Drops memoized outputs: call after the teacher's weights change."""
+        self.memo.clear()
+
+    def update(self, prompts: list[str], actions, logprobs, values, advantages, returns, args,
+               save_to: str | None, resume_from: str | None) -> dict[str, float]:
+        """Sends one PPO update to the LLM server(s); returns the mean losses across servers."""
+        minibatches = max(1, math.ceil(len(prompts) / args.teacher_minibatch_size))
+        results = self.caller.update(
+            prompts, [self.instructions] * len(prompts),
+            actions=torch.as_tensor(actions), logprobs=torch.as_tensor(logprobs, dtype=torch.float32),
+            values=torch.as_tensor(values, dtype=torch.float32),
+            advantages=torch.as_tensor(advantages, dtype=torch.float32),
+            returns=torch.as_tensor(returns, dtype=torch.float32),
+            lr=args.teacher_lr, epochs=args.teacher_epochs, minibatches=minibatches,
+            gradient_batch_size=args.teacher_gradient_batch_size, clip_eps=args.teacher_clip_eps,
+            entropy_coef=args.teacher_entropy_coef, value_loss_coef=args.teacher_value_loss_coef,
+            max_grad_norm=args.teacher_max_grad_norm, save_to=save_to, resume_from=resume_from)
+        self.forget()
+        results = [r[0] if isinstance(r, list) else r for r in results]
+        results = [r for r in results if r]
+        return {k: float(np.mean([r[k] for r in results])) for k in results[0]} if results else {}
