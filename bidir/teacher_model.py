@@ -1,0 +1,203 @@
+"""The offline teacher LLM: a tiny T5 with a word-level BabyAI tokenizer, and model-path resolution.
+
+No model hub is reachable on the project's machines, so `tiny-t5` (OFFLINE_TEACHER) is built
+locally from a fixed vocabulary that covers every BabyAI mission, every BabyAI-Text description,
+the student's instructions and the teacher prompt. It is saved with `save_pretrained`, so
+transformers' Auto classes and Lamorel load it by path like any hub model.
+
+CLI: `bidir-teacher build --output DIR [--seed N]`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+logger = logging.getLogger("bidir")
+
+OFFLINE_TEACHER = "tiny-t5"
+OFFLINE_HINT = f"lamorel_args.llm_configs.main_llm.model_path={OFFLINE_TEACHER}"
+
+PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
+
+COLORS = ["red", "green", "blue", "purple", "yellow", "grey"]
+OBJECTS = ["box", "ball", "key", "door", "wall", "object", "objects", "goal", "lava", "floor"]
+# BabyAI missions (minigrid/envs/babyai/core/verifier.py surfaces and the level generators).
+MISSION_WORDS = (
+    "go to pick up open put next the a an and then after you in front of behind on your left right "
+    "unlock get reach find pickup".split()
+)
+# BabyAI-Text descriptions, as produced by bidir.envs' text wrapper.
+DESCRIPTION_WORDS = "you see carry a wall step steps forward left right and open closed locked door".split()
+# The student's instructions / actions.
+INSTRUCTION_WORDS = "turn left right go forward pick up drop toggle done".split()
+# Words of the teacher's prompts and critique sentences.
+PROMPT_WORDS = (
+    "possible actions action of the agent goal observation observations past current next student "
+    "critique instruction instructions was were helpful unhelpful not followed ignored good bad "
+    "teacher is it this that to from with at by for no yes none nothing previous last message reward "
+    "advantage value state mission prompt answer choose best".split()
+)
+PUNCTUATION = list(':,."\'()-;?!/')
+NUMBERS = [str(i) for i in range(31)]
+
+
+def babyai_vocabulary() -> list[str]:
+    """The word-level vocabulary (special tokens first: pad=0, eos=1, unk=2), deterministic order."""
+    words: list[str] = []
+    for group in (COLORS, OBJECTS, MISSION_WORDS, DESCRIPTION_WORDS, INSTRUCTION_WORDS,
+                  PROMPT_WORDS, PUNCTUATION, NUMBERS):
+        for w in group:
+            if w not in words:
+                words.append(w)
+    return [PAD, EOS, UNK] + words
+
+
+def build_tokenizer():
+    """A transformers fast tokenizer: lowercase, split on whitespace and punctuation, one id per word."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(babyai_vocabulary())}
+    tok = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
+    tok.normalizer = normalizers.Lowercase()
+    # Digits are split one by one so that any number is covered by the 0..9 tokens too.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), pre_tokenizers.Digits(individual_digits=False)])
+    # Like T5's tokenizer, append </s> when special tokens are asked for (Lamorel never asks).
+    tok.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}",
+                                                       special_tokens=[(EOS, vocab[EOS])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK,
+                                   model_max_length=1024)
+
+
+def tiny_t5_config(vocab_size: int):
+    """T5 of about 200k parameters, shaped like Flan-T5 (gated-GELU feed-forward, tied embeddings)."""
+    from transformers import T5Config
+
+    return T5Config(vocab_size=vocab_size, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+                    num_heads=4, relative_attention_num_buckets=16, relative_attention_max_distance=64,
+                    dropout_rate=0.0, feed_forward_proj="gated-gelu", tie_word_embeddings=True,
+                    pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+
+
+def build_tiny_t5(path, seed: int = 0) -> Path:
+    """Build the offline teacher (random T5 + word-level tokenizer) into `path`; same seed, same weights."""
+    import torch
+    from transformers import T5ForConditionalGeneration
+
+    path = Path(path).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    gen = torch.random.fork_rng()
+    with gen:
+        torch.manual_seed(seed)
+        model = T5ForConditionalGeneration(tiny_t5_config(len(tokenizer)))
+    model.generation_config.max_new_tokens = 8
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    logger.info("built %s (%d parameters) in %s", OFFLINE_TEACHER, sum(p.numel() for p in model.parameters()), path)
+    return path
+
+
+def default_cache_dir() -> Path:
+    """Where built models live: $BIDIR_CACHE, else ~/.cache/bidir."""
+    return Path(os.environ.get("BIDIR_CACHE", "~/.cache/bidir")).expanduser()
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.json")
+
+
+def _missing_files(directory: Path) -> list[str]:
+    missing = [] if (directory / "config.json").is_file() else ["config.json"]
+    if not any((directory / f).is_file() for f in TOKENIZER_FILES):
+        missing.append("tokenizer files (one of " + ", ".join(TOKENIZER_FILES) + ")")
+    return missing
+
+
+def _looks_local(name_or_path: str) -> bool:
+    return name_or_path.startswith(("/", ".", "~")) or os.path.exists(name_or_path)
+
+
+def resolve_model_path(name_or_path: str, cache_dir=None) -> str:
+    """Turn a model name into something `from_pretrained` (and Lamorel) can load, or fail fast.
+
+    - `tiny-t5`: built once into `<cache_dir>/tiny-t5` (default `default_cache_dir()`) and reused;
+    - an existing directory: checked for config.json and tokenizer files;
+    - another local-looking path (starts with / . ~, or exists but is no directory): ValueError;
+    - otherwise a hub id: its config must be fetchable within seconds (local HF cache first),
+      else ValueError naming the offline choice.
+    """
+    if name_or_path == OFFLINE_TEACHER:
+        target = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        target = target / OFFLINE_TEACHER
+        if _missing_files(target):
+            build_tiny_t5(target)
+        return str(target)
+
+    if _looks_local(name_or_path):
+        directory = Path(name_or_path).expanduser()
+        if not directory.is_dir():
+            raise ValueError(f"model path {name_or_path!r} does not exist (or is not a directory)")
+        missing = _missing_files(directory)
+        if missing:
+            raise ValueError(f"model directory {name_or_path!r} is incomplete: missing {', '.join(missing)}")
+        return str(directory)
+
+    return _resolve_hub_id(name_or_path)
+
+
+def _resolve_hub_id(repo_id: str, timeout_s: float = 5.0) -> str:
+    try:  # already in the local HF cache: no network at all
+        from huggingface_hub import hf_hub_download
+
+        hf_hub_download(repo_id, "config.json", local_files_only=True)
+        return repo_id
+    except Exception:
+        pass
+    # One plain request with a timeout: huggingface_hub retries with backoff for ~30 s when offline.
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    request = urllib.request.Request(f"{endpoint}/{repo_id}/resolve/main/config.json", method="HEAD")
+    try:
+        urllib.request.urlopen(request, timeout=timeout_s).close()
+    except urllib.error.HTTPError as err:
+        raise ValueError(f"hub model {repo_id!r} not available (HTTP {err.code}); "
+                         f"offline, use the offline teacher: {OFFLINE_HINT}") from err
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot reach the model hub for {repo_id!r} ({err}); "
+                         f"use the offline teacher: {OFFLINE_HINT}") from err
+    return repo_id
+
+
+def _cmd_build(args) -> None:
+    print(build_tiny_t5(args.output, seed=args.seed))
+
+
+def _add_build(subparsers) -> None:
+    p = subparsers.add_parser("build", help=f"build the offline teacher ({OFFLINE_TEACHER}) into a directory")
+    p.add_argument("--output", required=True, help="directory to write model and tokenizer into")
+    p.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    p.set_defaults(func=_cmd_build)
+
+
+# One entry per subcommand: a function that registers its parser and sets `func`.
+SUBCOMMANDS = [_add_build]
+
+
+def main(argv=None) -> None:
+    """`bidir-teacher` command line."""
+    parser = argparse.ArgumentParser(prog="bidir-teacher", description=__doc__.split("\n")[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
