@@ -1,0 +1,190 @@
+"""Turn experiments/grid.yaml into training commands: the one place where a run's
+method, seed and budget become a command line and an output directory.
+
+    python experiments/plan.py --count                           # runs in the grid (methods x seeds)
+    python experiments/plan.py --task-id 4 --budget short        # the command of array task 4
+    python experiments/plan.py --list --budget short             # every command, in array order
+    python experiments/plan.py --local --budget short            # run the grid here, one after another
+    python experiments/plan.py --method bidir --seed 1 --iterations 40   # one run outside the grid
+    python experiments/plan.py --task-id 4 --exec                # become that command (sbatch)
+
+Trailing `key=value` arguments are hydra overrides added to every command; they replace a
+value the plan would set for the same key (e.g. `setting=offline`). slurm/array.sbatch and
+slurm/train_*.sbatch build their commands here, so a SLURM run and a local run of the same
+(method, seed, budget) are the same command with the same output directory. The output
+directory never depends on a SLURM job id: a requeued job resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_GRID = REPO / "experiments" / "grid.yaml"
+
+
+@dataclass(frozen=True)
+class Run:
+    method: str
+    seed: int
+    iterations: int
+    experiment: str  # groups runs in W&B and on disk
+    output_root: Path
+
+    @property
+    def output_dir(self) -> Path:
+        return self.output_root / self.experiment / self.method / f"seed{self.seed}"
+
+
+def load_grid(path: Path = DEFAULT_GRID) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def resolve_root(output_root: str | Path) -> Path:
+    """Relative output roots are relative to the repository, whatever the working directory."""
+    root = Path(output_root)
+    return root if root.is_absolute() else REPO / root
+
+
+def grid_runs(grid: dict, budget: str, output_root: str | Path | None = None) -> list[Run]:
+    """The grid's runs in array order: method-major, then seed (task id = m * n_seeds + s)."""
+    if budget not in grid["budgets"]:
+        raise SystemExit(f"unknown budget {budget!r}; grid.yaml has {sorted(grid['budgets'])}")
+    root = resolve_root(output_root if output_root is not None else grid["output_root"])
+    experiment = f"{grid['name']}-{budget}"
+    return [
+        Run(method, int(seed), int(grid["budgets"][budget]), experiment, root)
+        for method in grid["methods"]
+        for seed in grid["seeds"]
+    ]
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def merge_overrides(*groups: list[str]) -> list[str]:
+    """Concatenate hydra overrides; a later one replaces an earlier one with the same key
+    (hydra itself rejects two values for a config group such as `setting`)."""
+    merged: dict[str, str] = {}
+    for group in groups:
+        for override in group:
+            merged[_override_key(override)] = override
+    return list(merged.values())
+
+
+def command(
+    run: Run,
+    setting: str,
+    launcher: str = "python",
+    overrides: list[str] = (),
+    python: str = sys.executable,
+) -> list[str]:
+    """The command line that trains `run`.
+
+    launcher "python" runs the trainer in-process (`python -m bidir.train`); any other value
+    names a config in lamorel_configs/ (local_cpu, local_gpu, multi_node) for lamorel_launcher.
+    """
+    run_overrides = [
+        f"rl_script_args.method={run.method}",
+        f"rl_script_args.seed={run.seed}",
+        f"rl_script_args.iterations={run.iterations}",
+        f"rl_script_args.output_dir={run.output_dir}",
+        f"setting={setting}",
+        f"wandb.group={run.experiment}",
+    ]
+    if launcher == "python":
+        head = [python, "-m", "bidir.train"]
+    else:
+        head = [
+            python, "-m", "lamorel_launcher.launch",
+            "--config-path", str(REPO / "lamorel_configs"),
+            "--config-name", launcher,
+            f"rl_script_args.path={REPO / 'bidir' / 'train.py'}",
+        ]
+    return head + merge_overrides(run_overrides, list(overrides))
+
+
+def run_local(commands: list[list[str]]) -> int:
+    """Run the commands one after another (finished runs return at once: they resume)."""
+    failed = 0
+    for i, cmd in enumerate(commands):
+        print(f"[plan {i + 1}/{len(commands)}] {shlex.join(cmd)}", flush=True)
+        rc = subprocess.run(cmd, cwd=REPO).returncode
+        if rc != 0:
+            print(f"[plan {i + 1}/{len(commands)}] exited with {rc}", flush=True)
+            failed += 1
+    print(f"[plan] {len(commands) - failed}/{len(commands)} runs succeeded", flush=True)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--count", action="store_true", help="print the number of runs in the grid")
+    what.add_argument("--task-id", type=int, help="print the command of this array index")
+    what.add_argument("--list", action="store_true", help="print every command in array order")
+    what.add_argument("--local", action="store_true", help="run the grid here, in sequence")
+    what.add_argument("--method", help="one run outside the grid (with --seed, --iterations)")
+    parser.add_argument("--grid", type=Path, default=DEFAULT_GRID, help="experiment definition")
+    parser.add_argument("--budget", default="short", help="a key of the grid's budgets")
+    parser.add_argument("--seed", type=int, default=1, help="with --method")
+    parser.add_argument("--iterations", type=int, help="with --method (default: the budget's)")
+    parser.add_argument("--experiment", default="default", help="with --method: group/directory name")
+    parser.add_argument("--output-root", help="replaces the grid's output_root")
+    parser.add_argument("--setting", help="replaces the grid's setting (offline | paper)")
+    parser.add_argument("--launcher", help="replaces the grid's launcher (python | a lamorel config)")
+    parser.add_argument("--python", default=sys.executable, help="interpreter for the commands")
+    parser.add_argument("--exec", action="store_true",
+                        help="with --task-id or --method: become the command (for sbatch scripts)")
+    parser.add_argument("overrides", nargs="*", help="hydra overrides for every command")
+    args = parser.parse_args(argv)
+
+    grid = load_grid(args.grid)
+    if args.method is not None:
+        iterations = args.iterations or grid["budgets"][args.budget]
+        root = resolve_root(args.output_root or grid["output_root"])
+        runs = [Run(args.method, args.seed, iterations, args.experiment, root)]
+    else:
+        runs = grid_runs(grid, args.budget, args.output_root)
+    if args.count:
+        print(len(runs))
+        return 0
+    commands = [
+        command(
+            run,
+            setting=args.setting or grid["setting"],
+            launcher=args.launcher or grid["launcher"],
+            overrides=merge_overrides(grid.get("overrides") or [], args.overrides),
+            python=args.python,
+        )
+        for run in runs
+    ]
+    if args.local:
+        return run_local(commands)
+    if args.task_id is not None:
+        if not 0 <= args.task_id < len(commands):
+            parser.error(f"--task-id {args.task_id} outside 0..{len(commands) - 1}")
+        commands = [commands[args.task_id]]
+    if args.exec:
+        if len(commands) != 1:
+            parser.error("--exec needs --task-id or --method")
+        print(f"[plan] exec {shlex.join(commands[0])}", file=sys.stderr, flush=True)
+        os.chdir(REPO)
+        os.execvp(commands[0][0], commands[0])  # same pid: signals reach the trainer
+    for cmd in commands:
+        print(shlex.join(cmd))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

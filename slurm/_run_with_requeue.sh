@@ -1,0 +1,69 @@
+# shellcheck shell=bash
+# Preemption handling shared by slurm/*.sbatch (sourced, not submitted):
+#
+#   source "$BIDIR_ROOT/slurm/_run_with_requeue.sh"
+#   run_with_requeue python -m bidir.train rl_script_args.output_dir=... ; exit $?
+#
+# The sbatch scripts ask SLURM for `--signal=B:USR1@120 --requeue --open-mode=append`:
+# 120 s before the time limit (or when an admin/test sends `scancel --signal=USR1 --batch`)
+# the batch shell gets SIGUSR1. run_with_requeue then
+#   1. forwards SIGUSR1 to the trainer's whole process group (the trainer, or the
+#      lamorel/torchrun launcher and its workers, or srun, which passes it to its tasks),
+#   2. waits until the trainer has finished its iteration, checkpointed and exited
+#      (bidir.train exits with PREEMPTED_EXIT_CODE=3),
+#   3. runs `scontrol requeue $SLURM_JOB_ID`. The job goes back to the queue with the same
+#      id and, because output_dir does not depend on the job id, the rerun resumes from
+#      the last checkpoint. A run that finished (exit 0) is not requeued.
+# SIGTERM (scancel, or SLURM's own preemption, which requeues by itself) is forwarded and
+# waited for, but never leads to a requeue here: a cancelled job stays cancelled.
+#
+# The command starts with SIGUSR1 ignored, so that only processes which install a handler
+# (bidir.train's RL process) react to it; the launcher, the torchrun agent and the LLM
+# servers would otherwise die of SIGUSR1's default action. Side effect: a SIGUSR1 that
+# arrives while Python is still importing (before the handler exists) is lost; the run
+# then loses at most the iteration in progress when SLURM kills it at the time limit.
+
+BIDIR_PREEMPTED_EXIT_CODE=3
+
+_bidir_log() { echo "[run_with_requeue $(date +%T)] $*" >&2; }
+
+_bidir_forward() { # signal name: pass it on to the trainer's process group
+    _bidir_interrupted=1
+    if [[ $1 == USR1 ]]; then _bidir_got_usr1=1; else _bidir_got_term=1; fi
+    _bidir_log "got SIG$1, forwarding to process group $_bidir_child"
+    kill -s "$1" -- "-$_bidir_child" 2>/dev/null || kill -s "$1" "$_bidir_child" 2>/dev/null || true
+}
+
+# run_with_requeue CMD [ARGS...]: run CMD, handle preemption as above, return its exit code.
+run_with_requeue() {
+    _bidir_got_usr1=0 _bidir_got_term=0
+    _bidir_log "job ${SLURM_JOB_ID:-none} restart ${SLURM_RESTART_COUNT:-0} on $(hostname -s): $*"
+    # Own process group (job control on while launching), SIGUSR1 ignored until handled.
+    set -m
+    (
+        trap '' USR1
+        exec "$@"
+    ) &
+    _bidir_child=$!
+    set +m
+    trap '_bidir_forward USR1' USR1
+    trap '_bidir_forward TERM' TERM
+    local rc
+    while :; do
+        _bidir_interrupted=0
+        wait "$_bidir_child"
+        rc=$?
+        # A trapped signal makes `wait` return early (status > 128) while the child runs on.
+        [[ $_bidir_interrupted == 1 ]] || break
+    done
+    trap - USR1 TERM
+    _bidir_log "command exited with $rc"
+
+    if [[ $rc -ne 0 && -n ${SLURM_JOB_ID:-} ]] &&
+        { [[ $_bidir_got_usr1 == 1 ]] ||
+            [[ $rc -eq $BIDIR_PREEMPTED_EXIT_CODE && $_bidir_got_term == 0 ]]; }; then
+        _bidir_log "preempted: requeueing job $SLURM_JOB_ID (the rerun resumes from the checkpoint)"
+        scontrol requeue "$SLURM_JOB_ID" || _bidir_log "scontrol requeue failed"
+    fi
+    return "$rc"
+}
