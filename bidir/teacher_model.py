@@ -39,17 +39,18 @@ PROMPT_WORDS = (
     "possible actions action of the agent goal observation observations past current next student "
     "critique instruction instructions was were helpful unhelpful not followed ignored good bad "
     "teacher is it this that to from with at by for no yes none nothing previous last message reward "
-    "advantage value state mission prompt answer choose best".split()
+    "advantage value state mission prompt answer choose best s found".split()
 )
 PUNCTUATION = list(':,."\'()-;?!/')
-NUMBERS = [str(i) for i in range(31)]
+# Numbers are split into digits by the pre-tokenizer, so any number (steps 0..30, step indices) is covered.
+DIGITS = [str(i) for i in range(10)]
 
 
 def babyai_vocabulary() -> list[str]:
     """The word-level vocabulary (special tokens first: pad=0, eos=1, unk=2), deterministic order."""
     words: list[str] = []
     for group in (COLORS, OBJECTS, MISSION_WORDS, DESCRIPTION_WORDS, INSTRUCTION_WORDS,
-                  PROMPT_WORDS, PUNCTUATION, NUMBERS):
+                  PROMPT_WORDS, PUNCTUATION, DIGITS):
         for w in group:
             if w not in words:
                 words.append(w)
@@ -65,9 +66,8 @@ def build_tokenizer():
     vocab = {w: i for i, w in enumerate(babyai_vocabulary())}
     tok = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
-    # Digits are split one by one so that any number is covered by the 0..9 tokens too.
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), pre_tokenizers.Digits(individual_digits=False)])
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), pre_tokenizers.Digits(individual_digits=True)])
     # Like T5's tokenizer, append </s> when special tokens are asked for (Lamorel never asks).
     tok.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}",
                                                        special_tokens=[(EOS, vocab[EOS])])
