@@ -1,0 +1,110 @@
+"""experiments/plan.py: the grid in grid.yaml becomes one command per SLURM array task,
+and `--local` runs exactly those commands, in the same order."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PLAN = REPO / "experiments" / "plan.py"
+sys.path.insert(0, str(PLAN.parent))
+import plan  # noqa: E402
+
+
+def run_plan(*args, check=True):
+    return subprocess.run(
+        [sys.executable, str(PLAN), *map(str, args)], capture_output=True, text=True, check=check
+    )
+
+
+def test_grid_is_the_papers_comparison():
+    grid = plan.load_grid()
+    assert grid["methods"] == ["bidir", "t2s", "glam", "student"]
+    assert grid["seeds"] == [1, 2, 3]
+    assert grid["budgets"] == {"short": 40, "long": 2100}
+
+
+def test_count_is_methods_times_seeds():
+    assert run_plan("--count").stdout.strip() == "12"
+
+
+def test_array_order_is_method_major():
+    runs = plan.grid_runs(plan.load_grid(), "short")
+    assert [(r.method, r.seed) for r in runs[:4]] == [
+        ("bidir", 1), ("bidir", 2), ("bidir", 3), ("t2s", 1)]
+    assert (runs[11].method, runs[11].seed) == ("student", 3)
+
+
+def test_task_command_is_exact():
+    # Task 4 = second method (t2s), second seed; output_dir depends on the run, not on a job id,
+    # so a requeued task finds its checkpoint.
+    out = run_plan("--task-id", 4, "--budget", "long", "--python", "python").stdout
+    assert out.split() == [
+        "python", "-m", "bidir.train",
+        "rl_script_args.method=t2s",
+        "rl_script_args.seed=2",
+        "rl_script_args.iterations=2100",
+        f"rl_script_args.output_dir={REPO}/runs/paper-long/t2s/seed2",
+        "setting=paper",
+        "wandb.group=paper-long",
+    ]
+
+
+def test_overrides_replace_the_plans_values_and_append_new_ones():
+    out = run_plan("--task-id", 0, "--python", "python", "--output-root", "/scratch/r",
+                   "setting=offline", "rl_script_args.n_envs=2").stdout.split()
+    assert "setting=offline" in out and "setting=paper" not in out
+    assert out[-1] == "rl_script_args.n_envs=2"
+    assert "rl_script_args.output_dir=/scratch/r/paper-short/bidir/seed1" in out
+
+
+def test_lamorel_launcher_command():
+    cmd = plan.command(plan.Run("glam", 1, 40, "e", Path("/o")), setting="paper",
+                       launcher="local_gpu", python="python")
+    assert cmd[:7] == ["python", "-m", "lamorel_launcher.launch", "--config-path",
+                       str(REPO / "lamorel_configs"), "--config-name", "local_gpu"]
+    assert cmd[7] == f"rl_script_args.path={REPO}/bidir/train.py"
+    assert "rl_script_args.output_dir=/o/e/glam/seed1" in cmd
+
+
+def test_single_run_outside_the_grid():
+    out = run_plan("--method", "student", "--seed", 7, "--iterations", 3, "--experiment", "ci",
+                   "--output-root", "/tmp/r", "--setting", "offline", "--python", "python")
+    assert out.stdout.split() == [
+        "python", "-m", "bidir.train", "rl_script_args.method=student", "rl_script_args.seed=7",
+        "rl_script_args.iterations=3", "rl_script_args.output_dir=/tmp/r/ci/student/seed7",
+        "setting=offline", "wandb.group=ci"]
+
+
+def test_task_id_out_of_range_fails():
+    assert run_plan("--task-id", 12, check=False).returncode != 0
+
+
+def test_local_runs_the_array_commands_in_order(tmp_path):
+    # A stand-in interpreter records its arguments: --local must run exactly what the array
+    # tasks 0..n-1 would run.
+    grid = plan.load_grid()
+    grid.update(methods=["bidir", "student"], seeds=[1, 2], output_root=str(tmp_path / "runs"))
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump(grid))
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "$0 $*" >> {log}\n')
+    fake.chmod(0o755)
+
+    common = ["--grid", grid_file, "--python", fake, "setting=offline"]
+    assert run_plan("--count", "--grid", grid_file).stdout.strip() == "4"
+    expected = [run_plan("--task-id", i, *common).stdout.strip() for i in range(4)]
+    assert run_plan("--list", *common).stdout.splitlines() == expected
+    run_plan("--local", *common)
+    assert log.read_text().splitlines() == expected
+
+
+@pytest.mark.parametrize("budget", ["short", "long"])
+def test_iterations_follow_the_budget(budget):
+    runs = plan.grid_runs(plan.load_grid(), budget)
+    assert {r.iterations for r in runs} == {plan.load_grid()["budgets"][budget]}
+    assert len({r.output_dir for r in runs}) == len(runs)
