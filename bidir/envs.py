@@ -38,7 +38,6 @@ INSTRUCTION_ACTIONS: dict[str, int] = {
 }
 """Instruction text -> the minigrid action that carries it out."""
 
-_UNSEEN = OBJECT_TO_IDX["unseen"]
 _EMPTY = OBJECT_TO_IDX["empty"]
 _WALL = OBJECT_TO_IDX["wall"]
 _DOOR = OBJECT_TO_IDX["door"]
@@ -77,20 +76,33 @@ def _object_text(type_idx: int, color_idx: int, state: int) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _distance_text(right: int, forward: int) -> str:
-    """Distance phrase for an object ``right`` columns right (negative: left) and ``forward`` rows ahead."""
-    if right == 0:
-        return _steps(forward, "forward")
-    side = _steps(abs(right), "right" if right > 0 else "left")
-    return side if forward == 0 else f"{side} and {_steps(forward, 'forward')}"
+def _view_layout(width: int, height: int) -> tuple[int, tuple, tuple[str, ...]]:
+    """Flat cell indices for a ``width`` x ``height`` view, computed once per view size.
 
+    Returns the agent's cell index, the three wall lines ``(direction, indices nearest first)``,
+    and every cell's distance phrase. Cell ``(x, y)`` has flat index ``x * height + y``, its
+    position in ``image[:, :, 0]`` read in C order.
+    """
+    agent_x, agent_y = width // 2, height - 1
 
-def _wall_sentence(line: np.ndarray, direction: str) -> list[str]:
-    """A wall sentence if the first non-empty, seen cell along ``line`` (nearest first) is a wall."""
-    blocking = np.flatnonzero(line > _EMPTY)
-    if blocking.size and line[blocking[0]] == _WALL:
-        return [f"You see a wall {_steps(int(blocking[0]) + 1, direction)}"]
-    return []
+    def index(x: int, y: int) -> int:
+        return x * height + y
+
+    lines = (
+        ("forward", tuple(index(agent_x, y) for y in range(agent_y - 1, -1, -1))),
+        ("left", tuple(index(x, agent_y) for x in range(agent_x - 1, -1, -1))),
+        ("right", tuple(index(x, agent_y) for x in range(agent_x + 1, width))),
+    )
+    distances = []
+    for x in range(width):
+        for y in range(height):
+            right, forward = x - agent_x, agent_y - y
+            if right == 0:
+                distances.append(_steps(forward, "forward"))
+            else:
+                side = _steps(abs(right), "right" if right > 0 else "left")
+                distances.append(side if forward == 0 else f"{side} and {_steps(forward, 'forward')}")
+    return index(agent_x, agent_y), lines, tuple(distances)
 
 
 def describe(image: np.ndarray, carrying) -> list[str]:
@@ -108,21 +120,23 @@ def describe(image: np.ndarray, carrying) -> list[str]:
     ``N steps left|right and M steps forward``). The agent's own cell, where minigrid draws the
     carried object, is skipped.
     """
-    types = image[:, :, 0]
-    width, height = types.shape
-    agent_x, agent_y = width // 2, height - 1
+    width, height, _ = image.shape
+    agent_index, lines, distances = _view_layout(width, height)
+    # Plain bytes rather than numpy calls: a 7x7 view is too small for numpy's per-call cost to
+    # pay off, and this runs on every environment step.
+    cells = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+    types = cells[0::3]
     sentences = [f"You carry a {carrying.color} {carrying.type}"] if carrying is not None else []
-    sentences += _wall_sentence(types[agent_x, agent_y - 1 :: -1], "forward")
-    if agent_x > 0:
-        sentences += _wall_sentence(types[agent_x - 1 :: -1, agent_y], "left")
-    sentences += _wall_sentence(types[agent_x + 1 :, agent_y], "right")
-
-    is_object = types > _WALL
-    is_object[agent_x, agent_y] = False
-    # np.nonzero walks the array in C order: x ascending, then y ascending (far row first).
-    xs, ys = np.nonzero(is_object)
-    for x, y, (type_idx, color_idx, state) in zip(xs.tolist(), ys.tolist(), image[xs, ys].tolist()):
-        sentences.append(_object_text(type_idx, color_idx, state) + _distance_text(x - agent_x, agent_y - y))
+    for direction, line in lines:
+        for distance, index in enumerate(line, 1):
+            if types[index] > _EMPTY:
+                if types[index] == _WALL:
+                    sentences.append(f"You see a wall {_steps(distance, direction)}")
+                break
+    for index, type_idx in enumerate(types):
+        if type_idx > _WALL and index != agent_index:
+            color_idx, state = cells[3 * index + 1 : 3 * index + 3]
+            sentences.append(_object_text(type_idx, color_idx, state) + distances[index])
     return sentences
 
 
@@ -225,6 +239,8 @@ class TextVecEnv:
         instruction_ids = np.asarray(instruction_ids)
         if instruction_ids.shape != (self.n_envs,):
             raise ValueError(f"expected {self.n_envs} instruction ids, got shape {instruction_ids.shape}")
+        if instruction_ids.min() < 0 or instruction_ids.max() >= len(self.instructions):
+            raise ValueError(f"instruction ids must lie in [0, {len(self.instructions)}), got {instruction_ids}")
         observations, infos = [], []
         rewards = np.zeros(self.n_envs, dtype=np.float32)
         dones = np.zeros(self.n_envs, dtype=bool)

@@ -323,3 +323,5 @@ def test_vec_errors():
     vec.reset()
     with pytest.raises(ValueError, match=r"expected 2 instruction ids, got shape \(3,\)"):
         vec.step(np.zeros(3, dtype=np.int64))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 6\), got \[ 0 -1\]"):
+        vec.step(np.array([0, -1]))
