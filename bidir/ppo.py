@@ -22,7 +22,7 @@ class Batch(dict):
         return Batch({name: _take(value, key) for name, value in self.items()})
 
     def __len__(self):
-        return len(next(iter(self.values()))) if self else 0
+        return len(next(iter(self.values()), ()))
 
 
 def _take(value, index):

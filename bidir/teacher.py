@@ -69,12 +69,19 @@ class InstructionLogProbs(BaseModuleFunction):
 class TeacherValueHead(BaseModuleFunction):
     """V_T(prompt): an MLP on the LLM's last hidden state where the answer starts."""
 
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self.seed = seed
+
     def initialize(self):
-        """Builds the head on the server's device, sized to the LLM's hidden state."""
+        """Builds the head on the server's device, sized to the LLM's hidden state. Its own seed
+        makes the head the same on every server and backend, whatever their RNG state."""
         config = self.model_config.to_dict()
         hidden = config.get("hidden_size") or config.get("d_model")
-        self.head = torch.nn.Sequential(
-            torch.nn.Linear(hidden, 256), torch.nn.Sigmoid(), torch.nn.Linear(256, 1)).to(self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.head = torch.nn.Sequential(
+                torch.nn.Linear(hidden, 256), torch.nn.Sigmoid(), torch.nn.Linear(256, 1)).to(self.device)
 
     def forward(self, forward_outputs, minibatch, tokenized_contexts, **kwargs):
         """Returns a (B, 1) tensor of values."""
@@ -165,9 +172,9 @@ def _save_atomically(state, path):
     os.replace(tmp, path)
 
 
-def teacher_module_functions() -> dict:
+def teacher_module_functions(seed: int = 0) -> dict:
     """The module functions every teacher LLM serves, keyed as the updater and client call them."""
-    return {"score": InstructionLogProbs(), "value": TeacherValueHead()}
+    return {"score": InstructionLogProbs(), "value": TeacherValueHead(seed)}
 
 
 class Teacher:
