@@ -1,0 +1,160 @@
+"""The SLURM scripts on a real one-node cluster (.ci/slurm-up.sh): short CPU runs complete,
+and a run preempted the way SLURM warns before a time limit (SIGUSR1 to the batch shell)
+checkpoints, requeues itself and resumes with every iteration logged exactly once.
+
+Needs the cluster: `.ci/slurm-up.sh` (CI starts it); skipped when `sinfo` fails.
+"""
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("SLURM_CONF", "/tmp/bidir-slurm/slurm.conf")
+
+# A small real run: offline teacher, CPU, 2 envs, 64 frames per iteration.
+SMALL_RUN = ["rl_script_args.n_envs=2", "rl_script_args.steps_per_iteration=64",
+             "rl_script_args.eval_episodes=0"]
+
+
+def _cluster_up() -> str | None:
+    if shutil.which("sinfo") is None:
+        return "sinfo not installed"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True,
+                             timeout=20)
+    except subprocess.TimeoutExpired:
+        return "sinfo timed out"
+    if out.returncode != 0:
+        return out.stderr.strip()
+    return None
+
+
+_why_not = _cluster_up()
+if _why_not:
+    pytest.skip(f"no SLURM cluster ({_why_not}); start one with .ci/slurm-up.sh",
+                allow_module_level=True)
+
+
+def _jobcomp_log() -> Path | None:
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    match = re.search(r"^JobCompLoc\s*=\s*(\S+)", config, re.M)
+    return Path(match.group(1)) if match else None
+
+
+def job_info(job_id: str) -> dict:
+    """JobState and Restarts, from scontrol while SLURM remembers the job (MinJobAge), then
+    from the job completion log (there is no slurmdbd, hence no sacct)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
+                         text=True)
+    if out.returncode == 0 and "JobState=" in out.stdout:
+        return dict(re.findall(r"(JobState|Restarts|ExitCode)=(\S+)", out.stdout))
+    log = _jobcomp_log()
+    lines = [line for line in log.read_text().splitlines()
+             if f"JobId={job_id} " in line] if log and log.exists() else []
+    return dict(re.findall(r"(JobState|ExitCode)=(\S+)", lines[-1])) if lines else {}
+
+
+def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
+
+
+def submit(script: str, out_log: Path, overrides=(), **env) -> str:
+    environment = dict(os.environ, PYTHON=sys.executable, BIDIR_ROOT=str(REPO),
+                       **{k: str(v) for k, v in env.items()})
+    out = subprocess.run(
+        ["sbatch", "--parsable", f"--output={out_log}", "--time=00:10:00",
+         str(REPO / "slurm" / script), *overrides],
+        cwd=REPO, env=environment, capture_output=True, text=True, check=True)
+    return out.stdout.strip().split(";")[0]
+
+
+def wait_done(job_id: str, timeout: float, log: Path) -> dict:
+    final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
+    info = wait_for(lambda: (i := job_info(job_id)).get("JobState") in final and i,
+                    timeout, f"job {job_id} to finish", log)
+    assert info["JobState"] == "COMPLETED", f"job {job_id}: {info}\n{log.read_text()[-3000:]}"
+    return info
+
+
+def metrics(output_dir: Path) -> list[dict]:
+    path = output_dir / "metrics.csv"
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory):
+    """Submit every job at once so that they share the cluster's CPUs; the preempted run
+    goes first, so that it starts at once."""
+    root = tmp_path_factory.mktemp("slurm-runs")
+    submitted = {}
+    specs = {
+        "preempted": dict(METHOD="student", ITERATIONS=8, SEED=1),
+        "student": dict(METHOD="student", ITERATIONS=3, SEED=2),
+        "bidir": dict(METHOD="bidir", ITERATIONS=3, SEED=1),
+    }
+    for name, spec in specs.items():
+        log = root / f"{name}.out"
+        job_id = submit("train_cpu.sbatch", log, SMALL_RUN, OUTPUT_ROOT=root, EXPERIMENT="ci",
+                        SETTING="offline", **spec)
+        output_dir = root / "ci" / spec["METHOD"] / f"seed{spec['SEED']}"
+        submitted[name] = dict(spec, job_id=job_id, log=log, output_dir=output_dir)
+    yield submitted
+    for job in submitted.values():
+        subprocess.run(["scancel", job["job_id"]], capture_output=True)
+
+
+def assert_every_iteration_once(rows: list[dict], iterations: int):
+    assert [int(r["iteration"]) for r in rows] == list(range(iterations))
+    frames = [int(float(r["frames"])) for r in rows]
+    assert all(a < b for a, b in zip(frames, frames[1:])), frames
+    for column in ("success_rate", "return_mean", "episode_length_mean", "wall_time_s"):
+        assert column in rows[0]
+
+
+def test_preempted_run_requeues_and_resumes(jobs):
+    job = jobs["preempted"]
+    job_id, log, output_dir = job["job_id"], job["log"], job["output_dir"]
+    wait_for(lambda: len(metrics(output_dir)) >= 2, 150, "two iterations logged", log)
+    assert job_info(job_id).get("JobState") == "RUNNING"
+    # What SLURM does --signal=B:USR1@120 before the time limit.
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
+
+    wait_for(lambda: int(job_info(job_id).get("Restarts", 0)) >= 1, 60,
+             f"job {job_id} to be requeued", log)
+    stopped_at = len(metrics(output_dir))
+    assert stopped_at < job["ITERATIONS"], "the run finished before the signal; make it longer"
+    wait_done(job_id, 180, log)
+
+    assert_every_iteration_once(metrics(output_dir), job["ITERATIONS"])
+    text = log.read_text()
+    assert "command exited with 3" in text  # bidir.train.PREEMPTED_EXIT_CODE
+    assert "requeueing job" in text
+    assert "restart 1" in text  # the same job id ran again (--open-mode=append keeps both)
+
+
+@pytest.mark.parametrize("name", ["student", "bidir"])
+def test_short_cpu_run_completes(jobs, name):
+    job = jobs[name]
+    info = wait_done(job["job_id"], 200, job["log"])
+    assert info.get("Restarts", "0") == "0"
+    assert_every_iteration_once(metrics(job["output_dir"]), job["ITERATIONS"])
