@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -29,6 +30,8 @@ SMALL_RUN = ["rl_script_args.n_envs=2", "rl_script_args.steps_per_iteration=64",
 def _cluster_up() -> str | None:
     if shutil.which("sinfo") is None:
         return "sinfo not installed"
+    if not Path(os.environ["SLURM_CONF"]).exists():
+        return f"no {os.environ['SLURM_CONF']}"
     try:
         out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True,
                              timeout=20)
@@ -75,12 +78,12 @@ def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
 
 
-def submit(script: str, out_log: Path, overrides=(), **env) -> str:
+def submit(script: str, out_log: Path, overrides=(), sbatch_args=(), **env) -> str:
     environment = dict(os.environ, PYTHON=sys.executable, BIDIR_ROOT=str(REPO),
                        **{k: str(v) for k, v in env.items()})
     out = subprocess.run(
         ["sbatch", "--parsable", f"--output={out_log}", "--time=00:10:00",
-         str(REPO / "slurm" / script), *overrides],
+         *sbatch_args, str(REPO / "slurm" / script), *overrides],
         cwd=REPO, env=environment, capture_output=True, text=True, check=True)
     return out.stdout.strip().split(";")[0]
 
@@ -118,6 +121,15 @@ def jobs(tmp_path_factory):
                         SETTING="offline", **spec)
         output_dir = root / "ci" / spec["METHOD"] / f"seed{spec['SEED']}"
         submitted[name] = dict(spec, job_id=job_id, log=log, output_dir=output_dir)
+
+    # The grid as an array (slurm/array.sbatch + experiments/plan.py), on a two-task grid.
+    grid = dict(name="ci-grid", methods=["t2s", "student"], seeds=[3], budgets={"tiny": 2},
+                output_root=str(root), setting="offline", launcher="python", overrides=SMALL_RUN)
+    grid_file = root / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump(grid))
+    array_id = submit("array.sbatch", root / "array-%a.out", sbatch_args=["--array=0-1"],
+                      GRID=grid_file, BUDGET="tiny")
+    submitted["array"] = dict(job_id=array_id, grid=grid, root=root)
     yield submitted
     for job in submitted.values():
         subprocess.run(["scancel", job["job_id"]], capture_output=True)
@@ -158,3 +170,13 @@ def test_short_cpu_run_completes(jobs, name):
     info = wait_done(job["job_id"], 200, job["log"])
     assert info.get("Restarts", "0") == "0"
     assert_every_iteration_once(metrics(job["output_dir"]), job["ITERATIONS"])
+
+
+def test_array_runs_the_plans_commands(jobs):
+    job, grid = jobs["array"], jobs["array"]["grid"]
+    for task, method in enumerate(grid["methods"]):
+        log = job["root"] / f"array-{task}.out"
+        wait_done(f"{job['job_id']}_{task}", 200, log)
+        assert f"--task-id {task} --budget tiny" in log.read_text()
+        output_dir = job["root"] / "ci-grid-tiny" / method / "seed3"
+        assert_every_iteration_once(metrics(output_dir), grid["budgets"]["tiny"])
