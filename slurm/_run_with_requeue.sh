@@ -19,9 +19,13 @@
 #
 # The command starts with SIGUSR1 ignored, so that only processes which install a handler
 # (bidir.train's RL process) react to it; the launcher, the torchrun agent and the LLM
-# servers would otherwise die of SIGUSR1's default action. Side effect: a SIGUSR1 that
-# arrives while Python is still importing (before the handler exists) is lost; the run
-# then loses at most the iteration in progress when SLURM kills it at the time limit.
+# servers would otherwise die of SIGUSR1's default action. A SIGUSR1 that arrives while
+# Python is still importing (before the handler exists) would be lost, so after the first
+# one the signal is sent again every $BIDIR_RESIGNAL_S seconds (default 20) until the
+# command exits; bidir.train treats repeats as one.
+#
+# The warning time (@120 in --signal) must cover finishing one iteration plus a checkpoint;
+# raise it (e.g. `sbatch --signal=B:USR1@600 ...`) when iterations are slow.
 
 BIDIR_PREEMPTED_EXIT_CODE=3
 
@@ -31,12 +35,25 @@ _bidir_forward() { # signal name: pass it on to the trainer's process group
     _bidir_interrupted=1
     if [[ $1 == USR1 ]]; then _bidir_got_usr1=1; else _bidir_got_term=1; fi
     _bidir_log "got SIG$1, forwarding to process group $_bidir_child"
+    _bidir_signal_child "$1"
+    if [[ $1 == USR1 && -z $_bidir_resender ]]; then
+        (
+            trap - USR1 TERM
+            while sleep "${BIDIR_RESIGNAL_S:-20}" && kill -0 "$_bidir_child" 2>/dev/null; do
+                _bidir_signal_child USR1
+            done
+        ) &
+        _bidir_resender=$!
+    fi
+}
+
+_bidir_signal_child() {
     kill -s "$1" -- "-$_bidir_child" 2>/dev/null || kill -s "$1" "$_bidir_child" 2>/dev/null || true
 }
 
 # run_with_requeue CMD [ARGS...]: run CMD, handle preemption as above, return its exit code.
 run_with_requeue() {
-    _bidir_got_usr1=0 _bidir_got_term=0
+    _bidir_got_usr1=0 _bidir_got_term=0 _bidir_resender=""
     _bidir_log "job ${SLURM_JOB_ID:-none} restart ${SLURM_RESTART_COUNT:-0} on $(hostname -s): $*"
     # Own process group (job control on while launching), SIGUSR1 ignored until handled.
     set -m
@@ -57,6 +74,10 @@ run_with_requeue() {
         [[ $_bidir_interrupted == 1 ]] || break
     done
     trap - USR1 TERM
+    if [[ -n $_bidir_resender ]]; then
+        kill "$_bidir_resender" 2>/dev/null
+        wait "$_bidir_resender" 2>/dev/null
+    fi
     _bidir_log "command exited with $rc"
 
     if [[ $rc -ne 0 && -n ${SLURM_JOB_ID:-} ]] &&
