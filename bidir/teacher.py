@@ -114,6 +114,7 @@ class TeacherPPOUpdater(BaseUpdater):
     entropy bonus; gradient accumulation; grad-norm clipping. The optimizer lives here, across
     calls. On N servers each updates its share `_current_batch_ids` and DDP averages gradients.
 
+    All contexts share one candidate list (the instructions).
     Keyword arguments of `caller.update(contexts, candidates, ...)`: actions, logprobs, values,
     advantages, returns (tensors over all contexts), lr, epochs, minibatches (count per epoch),
     gradient_batch_size, clip_eps, entropy_coef, value_loss_coef, max_grad_norm; `save_to`
@@ -143,10 +144,12 @@ class TeacherPPOUpdater(BaseUpdater):
                 pieces = np.array_split(minibatch, max(1, math.ceil(len(minibatch) / kw["gradient_batch_size"])))
                 self.optimizer.zero_grad()
                 for piece in pieces:
-                    outputs = self._llm_module(["score", "value"], contexts=[contexts[i] for i in piece],
-                                               candidates=[candidates[i] for i in piece], require_grad=True)
-                    scores = torch.stack([o["score"] for o in outputs])
-                    values = torch.stack([o["value"][0, 0] for o in outputs])
+                    # BabyAI prompts repeat: one forward per distinct prompt, gathered back per row.
+                    distinct, rows_of = np.unique([contexts[i] for i in piece], return_inverse=True)
+                    outputs = self._llm_module(["score", "value"], contexts=list(distinct),
+                                               candidates=[candidates[piece[0]]] * len(distinct), require_grad=True)
+                    scores = torch.stack([o["score"] for o in outputs])[rows_of]
+                    values = torch.stack([o["value"][0, 0] for o in outputs])[rows_of]
                     dist = torch.distributions.Categorical(logits=scores)
                     d = {k: v[piece] for k, v in data.items()}
                     p_loss = policy_loss(dist.log_prob(d["actions"]), d["logprobs"], d["advantages"], kw["clip_eps"])

@@ -286,7 +286,7 @@ class Trainer:
         """Everything but the teacher (which its updater saves): loadable with weights_only=True."""
         return {
             "iteration": self.iteration, "frames": self.frames, "wall_time": self.wall_time,
-            "wandb_id": self.wandb_id,
+            "wandb_id": self.wandb_id, "llm_contexts": self.teacher.llm_contexts if self.teacher else 0,
             "student": self.student.state_dict() if self.student else {},
             "optimizer": self.optimizer.state_dict() if self.optimizer else {},
             "torch_rng": self.torch_rng.get_state(), "global_torch_rng": torch.get_rng_state(),
@@ -301,6 +301,8 @@ class Trainer:
         state = torch.load(checkpoint / "trainer.pt", weights_only=True)
         self.iteration, self.frames, self.wall_time = state["iteration"], state["frames"], state["wall_time"]
         self.wandb_id = state["wandb_id"]
+        if self.teacher:
+            self.teacher.llm_contexts = state["llm_contexts"]
         if self.student:
             self.student.load_state_dict(state["student"])
             self.optimizer.load_state_dict(state["optimizer"])
