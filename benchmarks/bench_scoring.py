@@ -4,7 +4,7 @@ The call timed is the rollout's: `custom_module_fns(["score", "value"])` (bidir'
 functions) on 2 and 8 BabyAI-Text prompts x 6 candidate instructions, on the offline teacher.
 Both backends get the same number of torch threads.
 
-    python benchmarks/bench_scoring.py [--model tiny-t5] [--repeats 20] [--threads 4] [--pre-encode]
+    python benchmarks/bench_scoring.py [--model tiny-t5] [--repeats 20] [--threads 1] [--pre-encode]
 
 Without Lamorel installed only the LocalCaller figures are printed. Under the launcher this file
 is the RL script (it re-launches itself; see `run_under_lamorel`).
@@ -109,8 +109,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="tiny-t5", help="model name or path (see resolve_model_path)")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1),
-                        help="torch threads in every process")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads in every process (torchrun's default is 1)")
     parser.add_argument("--pre-encode", action="store_true", help="set pre_encode_inputs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
