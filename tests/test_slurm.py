@@ -73,7 +73,7 @@ def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
         value = predicate()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(0.25)
     tail = log.read_text()[-3000:] if log and log.exists() else ""
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
 
@@ -111,7 +111,8 @@ def jobs(tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm-runs")
     submitted = {}
     specs = {
-        "preempted": dict(METHOD="student", ITERATIONS=8, SEED=1),
+        # Long enough (iterations take ~0.2 s) that the signal lands mid-run.
+        "preempted": dict(METHOD="student", ITERATIONS=40, SEED=1),
         "student": dict(METHOD="student", ITERATIONS=3, SEED=2),
         "bidir": dict(METHOD="bidir", ITERATIONS=3, SEED=1),
     }
