@@ -7,8 +7,9 @@
 # The sbatch scripts ask SLURM for `--signal=B:USR1@120 --requeue --open-mode=append`:
 # 120 s before the time limit (or when an admin/test sends `scancel --signal=USR1 --batch`)
 # the batch shell gets SIGUSR1. run_with_requeue then
-#   1. forwards SIGUSR1 to the trainer's whole process group (the trainer, or the
-#      lamorel/torchrun launcher and its workers, or srun, which passes it to its tasks),
+#   1. forwards SIGUSR1 to the trainer and all its descendants (the trainer, or the
+#      lamorel/torchrun launcher and its workers, which torchrun puts in sessions of their
+#      own, or srun, which passes it on to its tasks),
 #   2. waits until the trainer has finished its iteration, checkpointed and exited
 #      (bidir.train exits with PREEMPTED_EXIT_CODE=3),
 #   3. runs `scontrol requeue $SLURM_JOB_ID`. The job goes back to the queue with the same
@@ -31,10 +32,10 @@ BIDIR_PREEMPTED_EXIT_CODE=3
 
 _bidir_log() { echo "[run_with_requeue $(date +%T)] $*" >&2; }
 
-_bidir_forward() { # signal name: pass it on to the trainer's process group
+_bidir_forward() { # signal name: pass it on to the trainer and its descendants
     _bidir_interrupted=1
     if [[ $1 == USR1 ]]; then _bidir_got_usr1=1; else _bidir_got_term=1; fi
-    _bidir_log "got SIG$1, forwarding to process group $_bidir_child"
+    _bidir_log "got SIG$1, forwarding to process $_bidir_child and its descendants"
     _bidir_signal_child "$1"
     if [[ $1 == USR1 && -z $_bidir_resender ]]; then
         (
@@ -47,22 +48,27 @@ _bidir_forward() { # signal name: pass it on to the trainer's process group
     fi
 }
 
-_bidir_signal_child() {
-    kill -s "$1" -- "-$_bidir_child" 2>/dev/null || kill -s "$1" "$_bidir_child" 2>/dev/null || true
+_bidir_signal_child() { # signal name: send it to the child and every descendant of it
+    local pids
+    # shellcheck disable=SC2207 # pids are words
+    pids=($(ps -e -o pid=,ppid= | awk -v root="$_bidir_child" '
+        { parent[$1] = $2 }
+        END { for (p in parent) { q = p; while (q in parent && q != root && q > 1) q = parent[q]
+                                  if (q == root) print p } }'))
+    ((${#pids[@]})) && kill -s "$1" "${pids[@]}" 2>/dev/null
+    return 0
 }
 
 # run_with_requeue CMD [ARGS...]: run CMD, handle preemption as above, return its exit code.
 run_with_requeue() {
     _bidir_got_usr1=0 _bidir_got_term=0 _bidir_resender=""
     _bidir_log "job ${SLURM_JOB_ID:-none} restart ${SLURM_RESTART_COUNT:-0} on $(hostname -s): $*"
-    # Own process group (job control on while launching), SIGUSR1 ignored until handled.
-    set -m
+    # SIGUSR1 ignored until a process installs a handler for it.
     (
         trap '' USR1
         exec "$@"
     ) &
     _bidir_child=$!
-    set +m
     trap '_bidir_forward USR1' USR1
     trap '_bidir_forward TERM' TERM
     local rc
