@@ -132,6 +132,6 @@ def add_pretrain_command(subparsers):
     parser.add_argument("--prompt-history", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
-    parser.set_defaults(run=lambda a: print(pretrain(
+    parser.set_defaults(func=lambda a: print(pretrain(
         a.model, a.output, a.levels, a.episodes_per_level, a.epochs, a.lr, a.batch_size, a.seed,
         a.prompt_history, a.model_type, a.device)))

@@ -5,13 +5,14 @@ locally from a fixed vocabulary that covers every BabyAI mission, every BabyAI-T
 the student's instructions and the teacher prompt. It is saved with `save_pretrained`, so
 transformers' Auto classes and Lamorel load it by path like any hub model.
 
-CLI: `bidir-teacher build --output DIR [--seed N]`.
+CLI: `bidir-teacher build --output DIR [--seed N]`, `bidir-teacher pretrain --output DIR ...`.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,7 +20,11 @@ from pathlib import Path
 logger = logging.getLogger("bidir")
 
 OFFLINE_TEACHER = "tiny-t5"
-OFFLINE_HINT = f"lamorel_args.llm_configs.main_llm.model_path={OFFLINE_TEACHER}"
+PRETRAINED_OFFLINE_TEACHER = "tiny-t5-bc"
+"""tiny-t5 after `bidir-teacher pretrain` on the BabyAI bot: the offline setting's teacher, shipped
+in bidir/assets so that a first run needs neither the hub nor minutes of pretraining."""
+ASSETS = Path(__file__).parent / "assets"
+OFFLINE_HINT = f"lamorel_args.llm_configs.main_llm.model_path={PRETRAINED_OFFLINE_TEACHER}"
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 
@@ -136,8 +141,14 @@ def resolve_model_path(name_or_path: str, cache_dir=None) -> str:
         target = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         target = target / OFFLINE_TEACHER
         if _missing_files(target):
-            build_tiny_t5(target)
+            _build_atomically(target)
         return str(target)
+    if name_or_path == PRETRAINED_OFFLINE_TEACHER:
+        shipped = ASSETS / PRETRAINED_OFFLINE_TEACHER
+        if _missing_files(shipped):
+            raise ValueError(f"{shipped} is missing from this installation; rebuild it with "
+                             f"`bidir-teacher pretrain --output {shipped}`")
+        return str(shipped)
 
     if _looks_local(name_or_path):
         directory = Path(name_or_path).expanduser()
@@ -149,6 +160,17 @@ def resolve_model_path(name_or_path: str, cache_dir=None) -> str:
         return str(directory)
 
     return _resolve_hub_id(name_or_path)
+
+
+def _build_atomically(target: Path):
+    """Builds tiny-t5 beside `target` and renames it into place: several processes (Lamorel's)
+    may resolve the name at once, and none may load a half-written directory."""
+    staging = target.with_name(f".{target.name}.{os.getpid()}")
+    build_tiny_t5(staging)
+    try:
+        os.replace(staging, target)
+    except OSError:  # another process finished first; its copy is identical
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _resolve_hub_id(repo_id: str, timeout_s: float = 5.0) -> str:
@@ -184,8 +206,13 @@ def _add_build(subparsers) -> None:
     p.set_defaults(func=_cmd_build)
 
 
+def _add_pretrain(subparsers) -> None:
+    from bidir.pretrain import add_pretrain_command
+    add_pretrain_command(subparsers)
+
+
 # One entry per subcommand: a function that registers its parser and sets `func`.
-SUBCOMMANDS = [_add_build]
+SUBCOMMANDS = [_add_build, _add_pretrain]
 
 
 def main(argv=None) -> None:

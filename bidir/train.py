@@ -48,7 +48,7 @@ METRIC_COLUMNS = [
     "distill_weight", "message_shown", "agreement_rate", "critique_mean", "teacher_policy_loss",
     "teacher_value_loss", "teacher_entropy", "teacher_policy_entropy", "llm_contexts", "time_env",
     "time_teacher_scoring", "time_student_forward", "time_critique", "time_student_update",
-    "time_teacher_update", "time_checkpoint",
+    "time_teacher_update",
 ]
 
 
@@ -463,8 +463,7 @@ def train(config: DictConfig) -> Path:
                        **{f"time_{name}": round(s, 4) for name, s in phases.seconds.items()})
             metrics.write(row)
             trainer.iteration += 1
-            with phases("checkpoint"):
-                trainer.checkpoint = save_checkpoint(trainer, staging, args.keep_checkpoints)
+            trainer.checkpoint = save_checkpoint(trainer, staging, args.keep_checkpoints)
             bar.set_postfix(success=f"{row['success_rate']:.2f}", ret=f"{row['return_mean']:.2f}",
                             fps=f"{row['fps']:.0f}")
             bar.update(1)
