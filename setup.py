@@ -33,6 +33,7 @@ setup(
             "bidir-train=bidir.train:main",
             "bidir-eval=bidir.evaluate:main",
             "bidir-teacher=bidir.teacher_model:main",
+            "bidir-compare=bidir.compare:main",
         ]
     },
 )

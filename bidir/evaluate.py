@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -159,8 +158,7 @@ def main(argv=None):
     print(f"{config.rl_script_args.method} @ {checkpoint}")
     print(format_table(results))
     print(f"written to {out}")
-    return results
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    main()

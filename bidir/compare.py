@@ -1,0 +1,177 @@
+"""Compare methods across runs: `bidir-compare <run dirs or globs> [--out DIR]`.
+
+Runs are grouped by method (from each run's config.yaml). Per method, over seeds: mean ± 95% CI
+(Student's t) of the final mean return and success rate (the mean of each run's last `--last`
+iterations), of the held-out evaluation (eval.json), and the frames each run needed to reach a
+mean return of 0.8 and a success rate of 0.9 (curves smoothed over `--smooth` iterations).
+Writes results.md, results.json and comparison.png (mean ± CI against frames).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+# Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom; 1.96 beyond.
+T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
+METHOD_ORDER = ["bidir", "t2s", "glam", "student"]
+
+
+def mean_ci(values) -> tuple[float, float]:
+    """Mean and half-width of the 95% confidence interval (0 for a single value)."""
+    values = np.asarray([v for v in values if v == v], dtype=float)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    if len(values) == 1:
+        return float(values[0]), 0.0
+    t = T95[len(values) - 2] if len(values) - 1 <= len(T95) else 1.96
+    return float(values.mean()), float(t * values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def smooth(values: np.ndarray, episodes: np.ndarray, window: int) -> np.ndarray:
+    """Episode-weighted trailing mean over `window` iterations; NaN until the window is full, so
+    that one lucky early episode does not count as convergence."""
+    out = np.full(len(values), np.nan)
+    for i in range(window - 1, len(values)):
+        weights = episodes[i - window + 1:i + 1]
+        chunk = np.nan_to_num(values[i - window + 1:i + 1])
+        if weights.sum() > 0:
+            out[i] = float((chunk * weights).sum() / weights.sum())
+    return out
+
+
+def frames_to(frames: np.ndarray, curve: np.ndarray, threshold: float) -> float:
+    """First frame count at which `curve` reaches `threshold` (NaN if never)."""
+    reached = np.flatnonzero(curve >= threshold)
+    return float(frames[reached[0]]) if len(reached) else float("nan")
+
+
+def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
+    """Run directories (those with config.yaml and metrics.csv) grouped by method."""
+    runs = defaultdict(list)
+    paths = sorted({Path(p) for pattern in patterns for p in (glob.glob(pattern) or [pattern])})
+    for path in paths:
+        if not (path / "metrics.csv").exists() or not (path / "config.yaml").exists():
+            continue
+        config = OmegaConf.load(path / "config.yaml")
+        with open(path / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            continue
+        column = lambda key: np.array([float(r[key]) if r[key] != "" else np.nan for r in rows])  # noqa: E731
+        evaluation = json.loads((path / "eval.json").read_text())["results"] if (path / "eval.json").exists() else {}
+        runs[config.rl_script_args.method].append({
+            "path": str(path), "seed": config.rl_script_args.seed, "frames": column("frames"),
+            "return": column("return_mean"), "success": column("success_rate"), "episodes": column("episodes"),
+            "eval": evaluation,
+            "wall_time_s": float(rows[-1]["wall_time_s"])})
+    if not runs:
+        raise ValueError(f"no run directories (with config.yaml and metrics.csv) in {' '.join(patterns)}")
+    return dict(runs)
+
+
+def summarize(runs: dict[str, list[dict]], last: int = 5, window: int = 5) -> dict:
+    """Per method: seeds, final return/success, held-out evaluation, frames to thresholds."""
+    table = {}
+    for method in sorted(runs, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
+        group = runs[method]
+        final_return = [np.nanmean(r["return"][-last:]) if np.any(~np.isnan(r["return"][-last:])) else np.nan
+                        for r in group]
+        final_success = [np.nanmean(r["success"][-last:]) if np.any(~np.isnan(r["success"][-last:])) else np.nan
+                         for r in group]
+        to_return = [frames_to(r["frames"], smooth(r["return"], r["episodes"], window), 0.8) for r in group]
+        to_success = [frames_to(r["frames"], smooth(r["success"], r["episodes"], window), 0.9) for r in group]
+        modes = sorted({mode for r in group for mode in r["eval"]})
+        table[method] = {
+            "seeds": len(group),
+            "final_return": mean_ci(final_return), "final_success": mean_ci(final_success),
+            "frames_to_return_0.8": mean_ci(to_return), "reached_return_0.8": int(np.sum(~np.isnan(to_return))),
+            "frames_to_success_0.9": mean_ci(to_success), "reached_success_0.9": int(np.sum(~np.isnan(to_success))),
+            "eval": {mode: {key: mean_ci([r["eval"][mode][key] for r in group if mode in r["eval"]])
+                            for key in ("success_rate", "return_mean", "episode_length_mean")} for mode in modes},
+            "wall_time_s": mean_ci([r["wall_time_s"] for r in group]),
+        }
+    return table
+
+
+def _fmt(pair, digits=3) -> str:
+    mean, ci = pair
+    return "n/a" if mean != mean else f"{mean:.{digits}f} ± {ci:.{digits}f}"
+
+
+def markdown(table: dict) -> str:
+    """The results table in Markdown."""
+    lines = ["| method | seeds | final return | final success | frames to return 0.8 | frames to success 0.9 "
+             "| held-out return (mode) | wall time s |", "|---|---|---|---|---|---|---|---|"]
+    for method, r in table.items():
+        held_out = "; ".join(f"{_fmt(v['return_mean'])} ({mode})" for mode, v in r["eval"].items()) or "n/a"
+        lines.append(
+            f"| {method} | {r['seeds']} | {_fmt(r['final_return'])} | {_fmt(r['final_success'])} "
+            f"| {_fmt(r['frames_to_return_0.8'], 0)} ({r['reached_return_0.8']}/{r['seeds']} reached) "
+            f"| {_fmt(r['frames_to_success_0.9'], 0)} ({r['reached_success_0.9']}/{r['seeds']} reached) "
+            f"| {held_out} | {_fmt(r['wall_time_s'], 0)} |")
+    return "\n".join(lines)
+
+
+def plot(runs: dict[str, list[dict]], path: Path, window: int = 5, title: str = "") -> Path:
+    """Mean ± 95% CI of the smoothed return and success curves per method, against frames."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method in sorted(runs, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
+        group = runs[method]
+        length = min(len(r["frames"]) for r in group)
+        frames = group[0]["frames"][:length]
+        for ax, key in zip(axes, ("return", "success")):
+            curves = np.stack([smooth(r[key][:length], r["episodes"][:length], window) for r in group])
+            stats = [mean_ci(curves[:, i]) for i in range(length)]
+            mean = np.array([s[0] for s in stats])
+            ci = np.array([s[1] for s in stats])
+            ax.plot(frames, mean, label=f"{method} (n={len(group)})")
+            ax.fill_between(frames, mean - ci, mean + ci, alpha=0.2)
+    for ax, label in zip(axes, ("mean return", "success rate")):
+        ax.set_xlabel("frames")
+        ax.set_ylabel(f"{label} (smoothed over {window} it.)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title or "mean ± 95% CI over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(prog="bidir-compare", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run directories or glob patterns (quote them)")
+    parser.add_argument("--out", type=Path, default=Path("comparison"), help="where to write the table and plot")
+    parser.add_argument("--last", type=int, default=5, help="iterations averaged for the final figures")
+    parser.add_argument("--smooth", type=int, default=5, help="iterations in the smoothing window")
+    parser.add_argument("--title", default="", help="plot title")
+    options = parser.parse_args(argv)
+    try:
+        runs = load_runs(options.runs)
+    except ValueError as error:
+        parser.exit(2, f"bidir-compare: error: {error}\n")
+    options.out.mkdir(parents=True, exist_ok=True)
+    table = summarize(runs, options.last, options.smooth)
+    (options.out / "results.json").write_text(json.dumps(table, indent=2))
+    (options.out / "results.md").write_text(markdown(table) + "\n")
+    figure = plot(runs, options.out / "comparison.png", options.smooth, options.title)
+    print(markdown(table))
+    print(f"\nplot: {figure}\ntable: {options.out / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()
