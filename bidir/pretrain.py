@@ -87,8 +87,8 @@ class BehaviourCloningUpdater(BaseUpdater):
         return {"loss": float(np.mean(losses)), "accuracy": correct / max(len(contexts), 1)}
 
 
-def pretrain(model_path: str, output: Path, levels=PRETRAIN_LEVELS, episodes_per_level: int = 300,
-             epochs: int = 30, lr: float = 1e-3, batch_size: int = 64, seed: int = 0, prompt_history: int = 1,
+def pretrain(model_path: str, output: Path, levels=PRETRAIN_LEVELS, episodes_per_level: int = 100,
+             epochs: int = 20, lr: float = 1e-3, batch_size: int = 64, seed: int = 0, prompt_history: int = 1,
              model_type: str = "seq2seq", device: str = "cpu") -> Path:
     """Clones the bot into the teacher at `model_path` and writes the result to `output`."""
     from bidir.teacher_model import resolve_model_path
@@ -125,8 +125,8 @@ def add_pretrain_command(subparsers):
     parser.add_argument("--model-type", default="seq2seq", choices=["seq2seq", "causal"])
     parser.add_argument("--output", type=Path, required=True, help="model directory to write")
     parser.add_argument("--levels", nargs="+", default=list(PRETRAIN_LEVELS), help="demonstration levels")
-    parser.add_argument("--episodes-per-level", type=int, default=300)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--episodes-per-level", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--prompt-history", type=int, default=1)
