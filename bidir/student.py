@@ -82,6 +82,10 @@ def update_student(student: Student, optimizer: torch.optim.Optimizer, batch: Ba
             kl = kl_teacher_student(mb.target_probs, dist.logits, mb.taught)
             loss = (p_loss - args.student_entropy_coef * entropy + args.student_value_loss_coef * v_loss
                     + distill * kl)
+            if not torch.isfinite(loss):  # stop before a step spreads it into the weights
+                parts = dict(zip(sums, (p_loss, v_loss, entropy, kl)))
+                raise FloatingPointError(", ".join(f"{name} is {value.item()}" for name, value in parts.items()
+                                                   if not torch.isfinite(value)))
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(student.parameters(), args.student_max_grad_norm)

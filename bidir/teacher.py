@@ -129,7 +129,7 @@ class TeacherPPOUpdater(BaseUpdater):
                 state = torch.load(kwargs["resume_from"], map_location="cpu", weights_only=True)
                 self.optimizer.load_state_dict(state["optimizer"])
         losses = self._ppo(contexts, candidates, _current_batch_ids, kwargs) if contexts else {}
-        if kwargs.get("save_to"):
+        if kwargs.get("save_to") and all(math.isfinite(v) for v in losses.values()):
             _save_atomically({"model": module.state_dict(), "optimizer": self.optimizer.state_dict()},
                              kwargs["save_to"])
         return losses
@@ -156,6 +156,8 @@ class TeacherPPOUpdater(BaseUpdater):
                     v_loss = value_loss(values, d["values"], d["returns"], kw["clip_eps"])
                     entropy = dist.entropy().mean()
                     loss = p_loss - kw["entropy_coef"] * entropy + kw["value_loss_coef"] * v_loss
+                    if not torch.isfinite(loss):  # report it to the client instead of stepping on it
+                        return {name: value.item() for name, value in zip(sums, (p_loss, v_loss, entropy))}
                     (loss * len(piece) / len(minibatch)).backward()
                     for name, value in zip(sums, (p_loss, v_loss, entropy)):
                         sums[name] += value.item()

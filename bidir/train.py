@@ -258,7 +258,11 @@ class Trainer:
                 x.update(action=flat(buf["action"]), logprob=flat(buf["logprob"]), value=flat(buf["value"]),
                          advantage=flat(advantages), returns=flat(returns),
                          target_probs=flat(buf["probs"]).float(), taught=flat(taught))
-                metrics.update(update_student(self.student, self.optimizer, x, args, distill, self.torch_rng))
+                try:
+                    metrics.update(update_student(self.student, self.optimizer, x, args, distill, self.torch_rng))
+                except FloatingPointError as error:
+                    raise FloatingPointError(f"{error} at iteration {self.iteration}; the last good checkpoint "
+                                             f"is kept") from None
                 metrics["distill_weight"] = distill
             if self.teacher:
                 metrics["agreement_rate"] = float((buf["action"] == buf["instruction"]).mean())
@@ -521,6 +525,9 @@ def main(config: DictConfig):
     except UsageError as error:
         print(f"bidir: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as error:  # a diverged loss: the staged checkpoint is dropped
+        print(f"bidir: error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

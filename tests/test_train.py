@@ -77,3 +77,12 @@ def test_reloaded_checkpoint_gives_the_same_evaluation(tmp_path):
     config, checkpoint = load_run(out)
     student, teacher = restore(config, checkpoint)
     assert evaluate_all("bidir", config.rl_script_args, student, teacher, episodes=4) == in_process
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "nan"
+    train(small_config(out, "student", "rl_script_args.iterations=1", "rl_script_args.eval_episodes=0"))
+    with pytest.raises(FloatingPointError, match="student_.* is nan at iteration 1"):
+        train(small_config(out, "student", "rl_script_args.iterations=3", "rl_script_args.reward_scale=nan"))
+    assert sorted(p.name for p in (out / "checkpoints").glob("iter_*[0-9]")) == ["iter_000001"]
+    assert [r["iteration"] for r in read_rows(out / "metrics.csv")] == ["0"]
