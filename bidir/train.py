@@ -19,6 +19,7 @@ import shutil
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import hydra
@@ -363,7 +364,7 @@ class MetricsLog:
         self.wandb = None
         if config.wandb.mode != "disabled":
             import wandb
-            trainer.wandb_id = trainer.wandb_id or wandb.util.generate_id()
+            trainer.wandb_id = trainer.wandb_id or uuid.uuid4().hex[:12]  # kept in checkpoints: a resumed run continues it
             args = config.rl_script_args
             self.wandb = wandb.init(
                 project=config.wandb.project, entity=config.wandb.entity, group=config.wandb.group,
