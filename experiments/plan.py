@@ -82,17 +82,32 @@ def merge_overrides(*groups: list[str]) -> list[str]:
     return list(merged.values())
 
 
+@dataclass(frozen=True)
+class Rendezvous:
+    """One process of a multi-node run: torchrun joins `nnodes` such processes (one per
+    SLURM task) at `endpoint` (host:port of the first node) under the id `rdzv_id`."""
+
+    nnodes: int
+    endpoint: str
+    rdzv_id: str
+
+
 def command(
     run: Run,
     setting: str,
     launcher: str = "python",
     overrides: list[str] = (),
     python: str = sys.executable,
+    rendezvous: Rendezvous | None = None,
 ) -> list[str]:
     """The command line that trains `run`.
 
     launcher "python" runs the trainer in-process (`python -m bidir.train`); any other value
     names a config in lamorel_configs/ (local_cpu, local_gpu, multi_node) for lamorel_launcher.
+    With `rendezvous`, the command is the torchrun call that lamorel_launcher's multinode mode
+    means to make: Lamorel v0.3 passes `--standalone False` to torchrun, which argparse reads as
+    `--standalone` followed by the script name, so the rendezvous arguments are lost and every
+    process waits alone forever.
     """
     run_overrides = [
         f"rl_script_args.method={run.method}",
@@ -102,16 +117,27 @@ def command(
         f"setting={setting}",
         f"wandb.group={run.experiment}",
     ]
+    script = REPO / "bidir" / "train.py"
     if launcher == "python":
-        head = [python, "-m", "bidir.train"]
-    else:
-        head = [
-            python, "-m", "lamorel_launcher.launch",
-            "--config-path", str(REPO / "lamorel_configs"),
-            "--config-name", launcher,
-            f"rl_script_args.path={REPO / 'bidir' / 'train.py'}",
-        ]
-    return head + merge_overrides(run_overrides, list(overrides))
+        return [python, "-m", "bidir.train"] + merge_overrides(run_overrides, list(overrides))
+    lamorel_overrides = [f"rl_script_args.path={script}"]
+    if rendezvous is None:
+        head = [python, "-m", "lamorel_launcher.launch",
+                "--config-path", str(REPO / "lamorel_configs"), "--config-name", launcher]
+        return head + merge_overrides(lamorel_overrides, run_overrides, list(overrides))
+    head = [python, "-m", "torch.distributed.run",
+            f"--nnodes={rendezvous.nnodes}", "--nproc_per_node=1", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={rendezvous.endpoint}", f"--rdzv-id={rendezvous.rdzv_id}", str(script)]
+    multinode = [
+        "lamorel_args.distributed_setup_args.multinode=true",
+        f"lamorel_args.distributed_setup_args.multinode_args.main_process_ip="
+        f"{rendezvous.endpoint.rsplit(':', 1)[0]}",
+        f"lamorel_args.distributed_setup_args.multinode_args.main_process_port="
+        f"{rendezvous.endpoint.rsplit(':', 1)[1]}",
+        f"lamorel_args.distributed_setup_args.multinode_args.experiment_id={rendezvous.rdzv_id}",
+    ]
+    return (head + merge_overrides(lamorel_overrides, run_overrides, multinode, list(overrides))
+            + [f"--config-path={REPO / 'lamorel_configs'}", f"--config-name={launcher}"])
 
 
 def run_local(commands: list[list[str]]) -> int:
@@ -144,10 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--setting", help="replaces the grid's setting (offline | paper)")
     parser.add_argument("--launcher", help="replaces the grid's launcher (python | a lamorel config)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the commands")
+    parser.add_argument("--nnodes", type=int,
+                        help="multi-node run (lamorel launcher only): processes that join, one per task")
+    parser.add_argument("--rdzv-endpoint", help="with --nnodes: host:port of the first node")
+    parser.add_argument("--rdzv-id", default="bidir", help="with --nnodes: rendezvous id")
     parser.add_argument("--exec", action="store_true",
                         help="with --task-id or --method: become the command (for sbatch scripts)")
     parser.add_argument("overrides", nargs="*", help="hydra overrides for every command")
     args = parser.parse_args(argv)
+    if args.nnodes and not args.rdzv_endpoint:
+        parser.error("--nnodes needs --rdzv-endpoint")
 
     grid = load_grid(args.grid)
     if args.method is not None:
@@ -166,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             launcher=args.launcher or grid["launcher"],
             overrides=merge_overrides(grid.get("overrides") or [], args.overrides),
             python=args.python,
+            rendezvous=(Rendezvous(args.nnodes, args.rdzv_endpoint, args.rdzv_id)
+                        if args.nnodes else None),
         )
         for run in runs
     ]
