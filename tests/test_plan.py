@@ -108,3 +108,16 @@ def test_iterations_follow_the_budget(budget):
     runs = plan.grid_runs(plan.load_grid(), budget)
     assert {r.iterations for r in runs} == {plan.load_grid()["budgets"][budget]}
     assert len({r.output_dir for r in runs}) == len(runs)
+
+
+def test_multinode_command_is_torchrun_with_the_rendezvous():
+    # One process of a multi-node run: what lamorel_launcher's multinode mode means to start
+    # (its own call loses the rendezvous arguments, see plan.command).
+    out = run_plan("--method", "bidir", "--launcher", "multi_node", "--python", "python",
+                   "--nnodes", 3, "--rdzv-endpoint", "node1:25007", "--rdzv-id", "7-0").stdout.split()
+    assert out[:9] == ["python", "-m", "torch.distributed.run", "--nnodes=3", "--nproc_per_node=1",
+                       "--rdzv-backend=c10d", "--rdzv-endpoint=node1:25007", "--rdzv-id=7-0",
+                       f"{REPO}/bidir/train.py"]
+    assert out[-2:] == [f"--config-path={REPO}/lamorel_configs", "--config-name=multi_node"]
+    assert "lamorel_args.distributed_setup_args.multinode_args.main_process_ip=node1" in out
+    assert "lamorel_args.distributed_setup_args.multinode_args.main_process_port=25007" in out
