@@ -181,3 +181,16 @@ def test_array_runs_the_plans_commands(jobs):
         assert f"--task-id {task} --budget tiny" in log.read_text()
         output_dir = job["root"] / "ci-grid-tiny" / method / "seed3"
         assert_every_iteration_once(metrics(output_dir), grid["budgets"]["tiny"])
+
+
+def test_finished_run_submitted_again_changes_nothing(jobs):
+    # A requeue that arrives after the last iteration, or a user resubmitting a grid, must not
+    # train further or duplicate rows.
+    job = jobs["student"]
+    wait_done(job["job_id"], 200, job["log"])
+    before = (job["output_dir"] / "metrics.csv").read_bytes()
+    log = job["log"].with_name("student-again.out")
+    job_id = submit("train_cpu.sbatch", log, SMALL_RUN, OUTPUT_ROOT=job["output_dir"].parents[2],
+                    EXPERIMENT="ci", SETTING="offline", METHOD="student", ITERATIONS=3, SEED=2)
+    wait_done(job_id, 120, log)
+    assert (job["output_dir"] / "metrics.csv").read_bytes() == before
