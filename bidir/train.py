@@ -439,6 +439,8 @@ def train(config: DictConfig) -> Path:
     """Runs (or resumes) the configured training; returns the output directory."""
     args = config.rl_script_args
     check_config(config)
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
     output_dir = Path(args.output_dir)
     checkpoint = find_checkpoint(output_dir)
     caller = start_teacher_llm(config, checkpoint)
