@@ -124,7 +124,6 @@ class Trainer:
         probs = np.full((n, k), 1.0 / k)
         teacher_value = np.zeros(n, np.float32)
         since_query = np.full(n, args.teacher_every)  # every env asks at the start of an iteration
-        show_chance = self._show_chance()
         for t in range(T):
             missions = list(self.history.missions)
             if self.teacher:
@@ -138,7 +137,7 @@ class Trainer:
                     buf["queried"][t, ask] = True
                     for e, prompt in zip(ask, prompts):
                         buf["prompts"][t][e] = prompt
-            shown = self.rng.random(n) < show_chance if self.teacher else np.zeros(n, bool)
+            shown = self.rng.random(n) < 1.0 - args.message_dropout if self.teacher else np.zeros(n, bool)
             if self.student:
                 with phases("student_forward"), torch.no_grad():
                     x = student_inputs(self.obs, missions, instruction, probs, teacher_value, shown, args.device)
@@ -169,14 +168,6 @@ class Trainer:
                 self._online_critique(buf, t)
         self.frames += T * n
         return Batch(buf), episodes
-
-    def _show_chance(self) -> float:
-        """Chance that the student sees the teacher's message: it fades with the distillation
-        weight, so that the student learns to act alone by the end of distillation."""
-        if self.args.distill_coef <= 0:
-            return 1.0 - self.args.message_dropout
-        fading = distill_weight(self.iteration, 1.0, self.args.distill_iterations)
-        return min(1.0 - self.args.message_dropout, fading)
 
     def _online_critique(self, buf, t):
         """The critique sentence for the next prompt, from the one-step TD error of the student
