@@ -7,7 +7,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from bidir.evaluate import evaluate_all, load_run, restore
-from bidir.train import METRIC_COLUMNS, train
+from bidir.train import METRIC_COLUMNS, find_checkpoint, train
 
 TIMING_COLUMNS = {"wall_time_s", "fps"} | {c for c in METRIC_COLUMNS if c.startswith("time_")}
 
@@ -86,3 +86,16 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
         train(small_config(out, "student", "rl_script_args.iterations=3", "rl_script_args.reward_scale=nan"))
     assert sorted(p.name for p in (out / "checkpoints").glob("iter_*[0-9]")) == ["iter_000001"]
     assert [r["iteration"] for r in read_rows(out / "metrics.csv")] == ["0"]
+
+
+def test_a_truncated_checkpoint_is_skipped_for_the_previous_one(tmp_path):
+    out = tmp_path / "trunc"
+    train(small_config(out, "bidir", "rl_script_args.iterations=3", "rl_script_args.eval_episodes=0",
+                       "rl_script_args.keep_checkpoints=2"))
+    checkpoints = sorted(p.name for p in (out / "checkpoints").glob("iter_*[0-9]"))
+    assert checkpoints == ["iter_000002", "iter_000003"]  # only the last keep_checkpoints remain
+    newest = out / "checkpoints" / "iter_000003" / "trainer.pt"
+    newest.write_bytes(newest.read_bytes()[:100])  # a kill in the middle of a write
+    assert find_checkpoint(out).name == "iter_000002"
+    train(small_config(out, "bidir", "rl_script_args.iterations=3", "rl_script_args.eval_episodes=0"))
+    assert [r["iteration"] for r in read_rows(out / "metrics.csv")] == ["0", "1", "2"]
