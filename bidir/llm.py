@@ -105,8 +105,13 @@ def candidate_logits_and_tokens(llm_config, forward_outputs, minibatch, tokenize
     """
     if llm_config.model_type == "seq2seq":
         return forward_outputs["logits"][:, :-1, :], minibatch["decoder_input_ids"][:, 1:]
-    start = 0 if llm_config.get("pre_encode_inputs", False) else len(tokenized_contexts[0]["input_ids"])
+    start = causal_context_end(llm_config, tokenized_contexts)
     return forward_outputs["logits"][:, start:-1, :], minibatch["input_ids"][:, start + 1:]
+
+
+def causal_context_end(llm_config, tokenized_contexts) -> int:
+    """Position of the last context token in a causal minibatch (where the answer starts)."""
+    return 0 if llm_config.get("pre_encode_inputs", False) else len(tokenized_contexts[0]["input_ids"])
 
 
 def _pad(ids, mask, size, pad_token, right=True):

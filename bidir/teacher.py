@@ -7,6 +7,7 @@ messages (memoized while the weights stay fixed) and sends rollouts to the updat
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -14,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bidir.llm import BaseModelInitializer, BaseModuleFunction, BaseUpdater
+from bidir.llm import (BaseModelInitializer, BaseModuleFunction, BaseUpdater, candidate_logits_and_tokens,
+                       causal_context_end)
 from bidir.ppo import policy_loss, value_loss
 
 TEACHER_CHECKPOINT = "teacher.pt"
@@ -38,13 +40,6 @@ def build_prompt(mission: str, observations: list[list[str]], actions: list[str]
     return "\n".join(lines)
 
 
-def _candidate_positions(llm_config, tokenized_contexts) -> int:
-    """Index of the last context token in a causal minibatch (0 when contexts were pre-encoded)."""
-    if llm_config.pre_encode_inputs:
-        return 0
-    return len(tokenized_contexts[0]["input_ids"])  # contexts are padded to one length
-
-
 class InstructionLogProbs(BaseModuleFunction):
     """log pi(candidate | context): the sum of the candidate's token log-probabilities.
     Lamorel's built-in `__score` returns probabilities, which underflow; RL needs logs."""
@@ -54,13 +49,7 @@ class InstructionLogProbs(BaseModuleFunction):
 
     def forward(self, forward_outputs, minibatch, tokenized_contexts, **kwargs):
         """Returns a (B,) tensor of candidate log-probabilities."""
-        if self.llm_config.model_type == "causal":
-            start = _candidate_positions(self.llm_config, tokenized_contexts)
-            logits = forward_outputs["logits"][:, start:-1, :]
-            tokens = minibatch["input_ids"][:, start + 1:]
-        else:
-            logits = forward_outputs["logits"][:, :-1, :]  # the last position predicts past the candidate
-            tokens = minibatch["decoder_input_ids"][:, 1:]  # the first decoder input is the start token
+        logits, tokens = candidate_logits_and_tokens(self.llm_config, forward_outputs, minibatch, tokenized_contexts)
         logprobs = torch.log_softmax(logits.float(), dim=-1).gather(2, tokens.unsqueeze(-1)).squeeze(-1)
         logprobs = logprobs.masked_fill(tokens == self.llm_config.pad_token, 0.0)
         return logprobs.sum(-1).cpu()
@@ -86,8 +75,7 @@ class TeacherValueHead(BaseModuleFunction):
     def forward(self, forward_outputs, minibatch, tokenized_contexts, **kwargs):
         """Returns a (B, 1) tensor of values."""
         if self.llm_config.model_type == "causal":
-            start = _candidate_positions(self.llm_config, tokenized_contexts)
-            state = forward_outputs["hidden_states"][-1][:, start, :]
+            state = forward_outputs["hidden_states"][-1][:, causal_context_end(self.llm_config, tokenized_contexts), :]
         else:
             state = forward_outputs["decoder_hidden_states"][-1][:, 0, :]
         return self.head(state.float().to(self.device)).cpu()
@@ -143,28 +131,35 @@ class TeacherPPOUpdater(BaseUpdater):
             for minibatch in np.array_split(np.arange(len(contexts)), kw["minibatches"]):
                 pieces = np.array_split(minibatch, max(1, math.ceil(len(minibatch) / kw["gradient_batch_size"])))
                 self.optimizer.zero_grad()
-                for piece in pieces:
-                    # BabyAI prompts repeat: one forward per distinct prompt, gathered back per row.
-                    distinct, rows_of = np.unique([contexts[i] for i in piece], return_inverse=True)
-                    outputs = self._llm_module(["score", "value"], contexts=list(distinct),
-                                               candidates=[candidates[piece[0]]] * len(distinct), require_grad=True)
-                    scores = torch.stack([o["score"] for o in outputs])[rows_of]
-                    values = torch.stack([o["value"][0, 0] for o in outputs])[rows_of]
-                    dist = torch.distributions.Categorical(logits=scores)
-                    d = {k: v[piece] for k, v in data.items()}
-                    p_loss = policy_loss(dist.log_prob(d["actions"]), d["logprobs"], d["advantages"], kw["clip_eps"])
-                    v_loss = value_loss(values, d["values"], d["returns"], kw["clip_eps"])
-                    entropy = dist.entropy().mean()
-                    loss = p_loss - kw["entropy_coef"] * entropy + kw["value_loss_coef"] * v_loss
-                    if not torch.isfinite(loss):  # report it to the client instead of stepping on it
-                        return {name: value.item() for name, value in zip(sums, (p_loss, v_loss, entropy))}
-                    (loss * len(piece) / len(minibatch)).backward()
-                    for name, value in zip(sums, (p_loss, v_loss, entropy)):
+                for number, piece in enumerate(pieces):
+                    # Under DDP (N servers) only a minibatch's last piece all-reduces gradients: the
+                    # servers' shares may split into different numbers of pieces.
+                    sync = number == len(pieces) - 1 or not hasattr(self._llm_module, "no_sync")
+                    with contextlib.nullcontext() if sync else self._llm_module.no_sync():
+                        parts = self._losses(contexts, candidates[piece[0]], piece, data, kw)
+                        loss = parts[0] - kw["entropy_coef"] * parts[2] + kw["value_loss_coef"] * parts[1]
+                        if not torch.isfinite(loss):  # report it to the client instead of stepping on it
+                            return {name: value.item() for name, value in zip(sums, parts)}
+                        (loss * len(piece) / len(minibatch)).backward()
+                    for name, value in zip(sums, parts):
                         sums[name] += value.item()
                     steps += 1
                 torch.nn.utils.clip_grad_norm_(self._llm_module.parameters(), kw["max_grad_norm"])
                 self.optimizer.step()
         return {name: total / steps for name, total in sums.items()}
+
+    def _losses(self, contexts, instructions, piece, data, kw):
+        """(policy loss, value loss, entropy) on the rows `piece`. BabyAI prompts repeat: one
+        forward per distinct prompt, gathered back per row."""
+        distinct, rows_of = np.unique([contexts[i] for i in piece], return_inverse=True)
+        outputs = self._llm_module(["score", "value"], contexts=list(distinct),
+                                   candidates=[instructions] * len(distinct), require_grad=True)
+        dist = torch.distributions.Categorical(logits=torch.stack([o["score"] for o in outputs])[rows_of])
+        values = torch.stack([o["value"][0, 0] for o in outputs])[rows_of]
+        d = {k: v[piece] for k, v in data.items()}
+        return (policy_loss(dist.log_prob(d["actions"]), d["logprobs"], d["advantages"], kw["clip_eps"]),
+                value_loss(values, d["values"], d["returns"], kw["clip_eps"]),
+                dist.entropy().mean())
 
 
 def _save_atomically(state, path):
@@ -196,6 +191,8 @@ class Teacher:
 
     def advise(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """pi_T over the instructions (n, k) and V_T (n,) for each prompt."""
+        if not prompts:
+            return np.zeros((0, len(self.instructions))), np.zeros(0, np.float32)
         missing = list(dict.fromkeys(p for p in prompts if p not in self.memo))
         if missing:
             outputs = self.caller.custom_module_fns(

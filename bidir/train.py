@@ -47,7 +47,7 @@ METRIC_COLUMNS = [
     "iteration", "frames", "success_rate", "return_mean", "episode_length_mean", "episodes", "wall_time_s",
     "fps", "student_policy_loss", "student_value_loss", "student_entropy", "kl_teacher_student",
     "distill_weight", "message_shown", "agreement_rate", "critique_mean", "teacher_policy_loss",
-    "teacher_value_loss", "teacher_entropy", "teacher_policy_entropy", "llm_contexts", "time_env",
+    "teacher_value_loss", "teacher_entropy", "teacher_policy_entropy", "teacher_queries", "llm_contexts", "time_env",
     "time_teacher_scoring", "time_student_forward", "time_critique", "time_student_update",
     "time_teacher_update",
 ]
@@ -260,6 +260,7 @@ class Trainer:
                 metrics["agreement_rate"] = float((buf["action"] == buf["instruction"]).mean())
                 metrics["message_shown"] = float(buf["shown"].mean())
         if self.teacher:
+            metrics["teacher_queries"] = int(buf["queried"].sum())
             p = buf["probs"][buf["queried"]]
             metrics["teacher_policy_entropy"] = float(-(p * np.log(np.clip(p, 1e-12, None))).sum(1).mean())
         if self.method.teacher_learns:
@@ -418,7 +419,7 @@ def check_config(config: DictConfig):
         probe.unlink()
     except OSError as error:
         raise UsageError(f"output_dir {out} is not writable: {error.strerror}") from None
-    if method.teacher:
+    if method.teacher or under_lamorel_launcher():  # the launcher starts LLM servers whatever the method
         llm = config.lamorel_args.llm_configs.main_llm
         try:
             llm.model_path = resolve_model_path(llm.model_path)

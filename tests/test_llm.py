@@ -7,8 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 import bidir.llm as llm
-from bidir.llm import (BaseModelInitializer, BaseModuleFunction, BaseUpdater, LocalCaller,
-                       candidate_logits_and_tokens, make_caller)
+from bidir.llm import BaseModelInitializer, BaseModuleFunction, BaseUpdater, LocalCaller, make_caller
+from bidir.teacher import InstructionLogProbs as LogProb  # the teacher's own scoring, checked here
 from bidir.teacher_model import build_tiny_t5
 
 sys.path.insert(0, str(Path(__file__).parent / "lamorel_scripts"))
@@ -20,18 +20,6 @@ CONTEXTS = ["Goal of the agent: go to the red ball. You see a wall 2 steps forwa
 CANDIDATES = [["turn left", "go forward", "pick up"], ["drop", "toggle", "turn right", "done"], ["go forward"]]
 # Same token length each (6), so left-padding is a no-op and the causal reference needs no positions fix.
 EQUAL_CONTEXTS = ["go to the red ball .", "pick up a blue key .", "you see a wall 2 ."]
-
-
-class LogProb(BaseModuleFunction):
-    """Sum of candidate-token log-probabilities (what RL needs; the built-in score gives products)."""
-
-    def initialize(self):
-        pass
-
-    def forward(self, forward_outputs, minibatch, tokenized_contexts, **kwargs):
-        logits, tokens = candidate_logits_and_tokens(self.llm_config, forward_outputs, minibatch, tokenized_contexts)
-        logp = logits.log_softmax(-1).gather(2, tokens[:, :, None]).squeeze(-1)
-        return logp.masked_fill(tokens == self.llm_config.pad_token, 0.0).sum(-1)
 
 
 class Value(BaseModuleFunction):

@@ -99,3 +99,12 @@ def test_a_truncated_checkpoint_is_skipped_for_the_previous_one(tmp_path):
     assert find_checkpoint(out).name == "iter_000002"
     train(small_config(out, "bidir", "rl_script_args.iterations=3", "rl_script_args.eval_episodes=0"))
     assert [r["iteration"] for r in read_rows(out / "metrics.csv")] == ["0", "1", "2"]
+
+
+def test_teacher_queried_every_k_steps_reuses_its_message(tmp_path):
+    out = tmp_path / "every3"
+    train(small_config(out, "bidir", "rl_script_args.teacher_every=3", "rl_script_args.eval_episodes=0"))
+    # 16 steps x 2 envs per iteration: 32 queries when K = 1; with K = 3, one at steps 0, 3, ..., 15
+    # (6 per env) plus one at each new episode.
+    for row in read_rows(out / "metrics.csv"):
+        assert 12 <= int(row["teacher_queries"]) <= 12 + int(row["episodes"])

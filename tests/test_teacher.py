@@ -1,0 +1,82 @@
+"""The teacher's LLM side (value head, PPO updater, checkpoints) and client side (prompts, memo)."""
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from bidir.llm import LocalCaller
+from bidir.teacher import (TEACHER_CHECKPOINT, Teacher, TeacherInitializer, TeacherPPOUpdater, build_prompt,
+                           teacher_module_functions)
+from bidir.teacher_model import resolve_model_path
+
+INSTRUCTIONS = ["turn left", "turn right", "go forward", "pick up", "drop", "toggle"]
+PROMPTS = [build_prompt("go to the red ball", [["You see a red ball 2 steps forward"]], []),
+           build_prompt("go to the red ball", [["You see a wall 1 step left"]], [])]
+
+
+def make_teacher(updater=None, checkpoint=None):
+    config = OmegaConf.create({"llm_configs": {"main_llm": {
+        "handler": "hf_llm", "model_type": "seq2seq", "model_path": resolve_model_path("tiny-t5"), "pretrained": True,
+        "minibatch_size": 64, "pre_encode_inputs": False, "constructor_kwargs": None}}})
+    caller = LocalCaller(config, custom_updater={"main_llm": updater} if updater else {},
+                         custom_module_functions={"main_llm": teacher_module_functions(seed=0)},
+                         custom_model_initializer={"main_llm": TeacherInitializer(checkpoint)})
+    return Teacher(caller, INSTRUCTIONS)
+
+
+def test_prompt_format():
+    prompt = build_prompt("go to the red ball", [["You see a wall 2 steps forward"], ["You see a red ball 1 step left"]],
+                          ["turn left"], critique='the student found "turn left" helpful')
+    assert prompt == ("Goal of the agent: go to the red ball\n"
+                      "Observation 0: You see a wall 2 steps forward\nAction 0: turn left\n"
+                      "Observation 1: You see a red ball 1 step left\n"
+                      'Critique: the student found "turn left" helpful\nAction:')
+
+
+def test_advice_is_a_distribution_and_repeated_prompts_reach_the_llm_once():
+    teacher = make_teacher()
+    probs, values = teacher.advise(PROMPTS + PROMPTS + [PROMPTS[0]])
+    assert probs.shape == (5, 6) and values.shape == (5,)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-9)
+    np.testing.assert_array_equal(probs[0], probs[2])
+    assert teacher.llm_contexts == 2
+    teacher.forget()
+    teacher.advise(PROMPTS[:1])
+    assert teacher.llm_contexts == 3
+
+
+def ppo_update(teacher, advantage, tmp_path):
+    probs, values = teacher.advise(PROMPTS)
+    actions = np.array([2, 2])
+    args = OmegaConf.create({"teacher_minibatch_size": 2, "teacher_lr": 1e-2, "teacher_epochs": 2,
+                             "teacher_gradient_batch_size": 1, "teacher_clip_eps": 0.2, "teacher_entropy_coef": 0.0,
+                             "teacher_value_loss_coef": 0.5, "teacher_max_grad_norm": 10.0})
+    losses = teacher.update(PROMPTS, actions, np.log(probs[[0, 1], actions]), values, np.full(2, advantage),
+                            values + advantage, args, save_to=str(tmp_path / TEACHER_CHECKPOINT), resume_from=None)
+    return probs, losses
+
+
+@pytest.mark.parametrize("advantage", [1.0, -1.0])
+def test_ppo_update_moves_the_chosen_instruction_with_its_advantage(tmp_path, advantage):
+    teacher = make_teacher(TeacherPPOUpdater())
+    before, losses = ppo_update(teacher, advantage, tmp_path)
+    after, _ = teacher.advise(PROMPTS)
+    assert set(losses) == {"teacher_policy_loss", "teacher_value_loss", "teacher_entropy"}
+    assert np.all(np.sign(after[:, 2] - before[:, 2]) == np.sign(advantage))
+
+
+def test_saved_teacher_reloads_with_identical_outputs(tmp_path):
+    teacher = make_teacher(TeacherPPOUpdater())
+    ppo_update(teacher, 1.0, tmp_path)
+    trained = teacher.advise(PROMPTS)
+    reloaded = make_teacher(checkpoint=str(tmp_path / TEACHER_CHECKPOINT)).advise(PROMPTS)
+    np.testing.assert_allclose(reloaded[0], trained[0], atol=1e-6)
+    np.testing.assert_allclose(reloaded[1], trained[1], atol=1e-6)
+    state = torch.load(tmp_path / TEACHER_CHECKPOINT, weights_only=True)
+    assert any(key.startswith("_module_functions.value.") for key in state["model"])
+    assert state["optimizer"]["state"]  # Adam moments saved for resuming
+
+
+def test_value_head_is_the_same_on_every_backend_and_process():
+    a, b = make_teacher().advise(PROMPTS), make_teacher().advise(PROMPTS)
+    np.testing.assert_array_equal(a[1], b[1])
