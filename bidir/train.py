@@ -511,9 +511,14 @@ def _catch_preemption() -> _Flag:
     return flag
 
 
+_composed = False  # set once hydra has built the config: tells config errors from run errors
+
+
 @hydra.main(version_base=None, config_path="conf", config_name="config")
-def main(config: DictConfig):
-    """Hydra entry point (`python -m bidir.train`, `bidir-train`, lamorel_launcher's script)."""
+def hydra_main(config: DictConfig):
+    """Hydra's task function: trains with the composed config."""
+    global _composed
+    _composed = True
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         train(config)
@@ -523,6 +528,17 @@ def main(config: DictConfig):
     except FloatingPointError as error:  # a diverged loss: the staged checkpoint is dropped
         print(f"bidir: error: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+def main():
+    """Entry point (`python -m bidir.train`, `bidir-train`, lamorel_launcher's script). A config
+    hydra cannot compose (unknown key, malformed override) exits with 2 like any bad input."""
+    try:
+        hydra_main()
+    except SystemExit as exit_:
+        if exit_.code == 1 and not _composed:
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":

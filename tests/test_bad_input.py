@@ -46,3 +46,13 @@ def test_output_dir_that_is_a_file(tmp_path):
     result = subprocess.run([sys.executable, "-m", "bidir.train", f"rl_script_args.output_dir={target}",
                              "wandb.mode=disabled"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "not writable" in result.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rl_script_args.no_such_key=1", "no_such_key"),
+    ("rl_script_args.iterations=[1", "'[1'"),
+    ("setting=nope", "Could not find 'setting/nope'"),
+])
+def test_a_config_hydra_cannot_compose_exits_2(tmp_path, override, message):
+    result, _ = run_train(tmp_path, override)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
