@@ -1,4 +1,5 @@
-"""Compare methods across runs: `bidir-compare <run dirs or globs> [--out DIR]`.
+"""Compare methods across runs: `bidir-compare <run dirs or globs> [--out DIR]`
+(or `bidir-compare --wandb ENTITY/PROJECT --group EXPERIMENT` when online).
 
 Runs are grouped by method (from each run's config.yaml). Per method, over seeds: mean ± 95% CI
 (Student's t) of the final mean return and success rate (the mean of each run's last `--last`
@@ -81,6 +82,26 @@ def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
     return dict(runs)
 
 
+def load_wandb_runs(project: str, group: str | None) -> dict[str, list[dict]]:
+    """The same structure as `load_runs`, from a W&B project ("entity/project") when online;
+    bidir logs every metrics.csv column under its own name, with step = frames."""
+    import wandb
+
+    runs = defaultdict(list)
+    for run in wandb.Api(timeout=30).runs(project, filters={"group": group} if group else {}):
+        rows = [r for r in run.scan_history(keys=["frames", "return_mean", "success_rate", "episodes"])]
+        if not rows or "rl_script_args" not in run.config:
+            continue
+        column = lambda key: np.array([float(r.get(key, np.nan)) for r in rows])  # noqa: E731
+        runs[run.config["rl_script_args"]["method"]].append({
+            "path": run.url, "seed": run.config["rl_script_args"]["seed"], "frames": column("frames"),
+            "return": column("return_mean"), "success": column("success_rate"), "episodes": column("episodes"),
+            "eval": {}, "wall_time_s": float(run.summary.get("wall_time_s", np.nan))})
+    if not runs:
+        raise ValueError(f"no bidir runs in W&B project {project}" + (f", group {group}" if group else ""))
+    return dict(runs)
+
+
 def summarize(runs: dict[str, list[dict]], last: int = 5, window: int = 5) -> dict:
     """Per method: seeds, final return/success, held-out evaluation, frames to thresholds."""
     table = {}
@@ -154,14 +175,18 @@ def plot(runs: dict[str, list[dict]], path: Path, window: int = 5, title: str = 
 def main(argv=None):
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="bidir-compare", description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="run directories or glob patterns (quote them)")
+    parser.add_argument("runs", nargs="*", help="run directories or glob patterns (quote them)")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead (online)")
+    parser.add_argument("--group", help="with --wandb: only this group (experiment)")
     parser.add_argument("--out", type=Path, default=Path("comparison"), help="where to write the table and plot")
     parser.add_argument("--last", type=int, default=5, help="iterations averaged for the final figures")
     parser.add_argument("--smooth", type=int, default=5, help="iterations in the smoothing window")
     parser.add_argument("--title", default="", help="plot title")
     options = parser.parse_args(argv)
+    if bool(options.runs) == bool(options.wandb):
+        parser.error("give run directories or --wandb ENTITY/PROJECT (one of the two)")
     try:
-        runs = load_runs(options.runs)
+        runs = load_wandb_runs(options.wandb, options.group) if options.wandb else load_runs(options.runs)
     except ValueError as error:
         parser.exit(2, f"bidir-compare: error: {error}\n")
     options.out.mkdir(parents=True, exist_ok=True)

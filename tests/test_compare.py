@@ -1,0 +1,68 @@
+"""bidir-compare: statistics, convergence frames, and the table from run directories."""
+import csv
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from bidir.compare import frames_to, load_runs, mean_ci, smooth, summarize
+
+
+def test_mean_ci_uses_students_t():
+    mean, half = mean_ci([1.0, 2.0, 3.0])  # sd 1, t(0.975, 2 dof) = 4.303
+    assert mean == 2.0 and half == pytest.approx(4.303 / math.sqrt(3), rel=1e-6)
+    assert mean_ci([0.5]) == (0.5, 0.0)
+    assert math.isnan(mean_ci([])[0])
+
+
+def test_smoothing_weights_episodes_and_waits_for_a_full_window():
+    values = np.array([1.0, np.nan, 0.0, 0.5])
+    episodes = np.array([1, 0, 3, 1])
+    out = smooth(values, episodes, 3)
+    assert np.isnan(out[0]) and np.isnan(out[1])          # window not full yet
+    assert out[2] == pytest.approx(1.0 * 1 / 4)            # (1*1 + 0*3) / 4 episodes
+    assert out[3] == pytest.approx(0.5 * 1 / 4)            # (0*3 + 0.5*1) / 4
+
+
+def test_frames_to_threshold():
+    frames = np.array([100.0, 200.0, 300.0])
+    assert frames_to(frames, np.array([0.5, 0.85, 0.9]), 0.8) == 200.0
+    assert math.isnan(frames_to(frames, np.array([0.5, 0.6, np.nan]), 0.8))
+
+
+def write_run(directory, method, seed, returns):
+    directory.mkdir(parents=True)
+    OmegaConf.save({"rl_script_args": {"method": method, "seed": seed}}, directory / "config.yaml")
+    with open(directory / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["iteration", "frames", "success_rate", "return_mean", "episodes", "wall_time_s"])
+        writer.writeheader()
+        for i, r in enumerate(returns):
+            writer.writerow({"iteration": i, "frames": 100 * (i + 1), "success_rate": 1.0 if r > 0 else 0.0,
+                             "return_mean": r, "episodes": 2, "wall_time_s": i + 1})
+
+
+def test_summary_from_run_directories(tmp_path):
+    write_run(tmp_path / "a" / "s1", "bidir", 1, [0.0, 0.9, 0.9, 0.9])
+    write_run(tmp_path / "a" / "s2", "bidir", 2, [0.0, 0.0, 0.9, 0.9])
+    write_run(tmp_path / "b" / "s1", "student", 1, [0.0, 0.0, 0.0, 0.3])
+    table = summarize(load_runs([str(tmp_path / "*" / "*")]), last=2, window=2)
+    assert list(table) == ["bidir", "student"]
+    assert table["bidir"]["seeds"] == 2 and table["bidir"]["final_return"] == (pytest.approx(0.9), 0.0)
+    # smoothed over 2 iterations, seed 1 reaches 0.8 at frame 300 (0.9, 0.9), seed 2 at 400
+    assert table["bidir"]["frames_to_return_0.8"][0] == 350.0 and table["bidir"]["reached_return_0.8"] == 2
+    assert table["student"]["reached_return_0.8"] == 0
+
+
+def test_cli_writes_table_and_plot_and_rejects_empty_input(tmp_path):
+    write_run(tmp_path / "runs" / "s1", "glam", 1, [0.1, 0.2, 0.3])
+    out = tmp_path / "cmp"
+    done = subprocess.run([sys.executable, "-m", "bidir.compare", str(tmp_path / "runs" / "*"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "| glam | 1 |" in (out / "results.md").read_text() and (out / "comparison.png").stat().st_size > 0
+    empty = subprocess.run([sys.executable, "-m", "bidir.compare", str(tmp_path / "nothing")],
+                           capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 2 and "no run directories" in empty.stderr
