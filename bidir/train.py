@@ -104,7 +104,6 @@ class Trainer:
             self.obs, self.infos = self.envs.reset()
             for env, info in enumerate(self.infos):
                 self.history.start(env, info)
-        self.episode_return = np.zeros(args.n_envs)  # per-env, for the bar only
 
     # ---- collect -------------------------------------------------------------------------
     def collect(self, phases: Phases) -> tuple[Batch, dict]:

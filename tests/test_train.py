@@ -101,6 +101,16 @@ def test_a_truncated_checkpoint_is_skipped_for_the_previous_one(tmp_path):
     assert [r["iteration"] for r in read_rows(out / "metrics.csv")] == ["0", "1", "2"]
 
 
+def test_critique_sentence_in_the_prompt(tmp_path):
+    out = tmp_path / "sentence"
+    train(small_config(out, "bidir", "rl_script_args.critique_in_prompt=true", "rl_script_args.eval_episodes=0"))
+    plain = tmp_path / "plain"
+    train(small_config(plain, "bidir", "rl_script_args.eval_episodes=0"))
+    # the same rollouts up to the first critique; after it, prompts carry sentences and differ
+    with_sentence, without = read_rows(out / "metrics.csv"), read_rows(plain / "metrics.csv")
+    assert len(with_sentence) == 2 and with_sentence[0]["llm_contexts"] != without[0]["llm_contexts"]
+
+
 def test_teacher_queried_every_k_steps_reuses_its_message(tmp_path):
     out = tmp_path / "every3"
     train(small_config(out, "bidir", "rl_script_args.teacher_every=3", "rl_script_args.eval_episodes=0"))
