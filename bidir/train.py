@@ -226,9 +226,8 @@ class Trainer:
         """Student advantages -> critique -> student update -> teacher update. Returns metrics."""
         args, metrics = self.args, {}
         student_last, teacher_last = self.bootstrap()
-        taught = buf["queried"].copy()
-        if self.teacher:  # the message held until the next query also taught the steps in between
-            taught[:] = True
+        # every step with a teacher has a message (held between queries) to distill
+        taught = np.full(buf["done"].shape, self.teacher is not None)
         if self.student:
             advantages, returns = gae(buf["reward"], buf["value"], buf["done"], student_last, args.gamma, args.lam)
         step_rewards = buf["reward"]
