@@ -1,6 +1,6 @@
 """Cost of the BabyAI-Text wrapper per step, against minigrid's own step.
 
-    /work/venv/bin/python benchmarks/bench_text_env.py [--env-id ID] [--steps N] [--repeats R]
+    python benchmarks/bench_text_env.py [--env-id ID] [--steps N] [--repeats R]
 
 Both envs take the same random actions (turn/forward/pick up/drop/toggle) and reset at episode
 end. Repeats alternate between the two so that drift in machine load hits both alike; the best
