@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -445,7 +446,7 @@ def train(config: DictConfig) -> Path:
     staging_root = output_dir / "checkpoints"
     staging_root.mkdir(exist_ok=True)
     try:
-        while trainer.iteration < args.iterations and not preempted:
+        while trainer.iteration < args.iterations and not preempted.is_set():
             started, phases = time.perf_counter(), Phases()
             staging = staging_root / f"iter_{trainer.iteration:06d}.tmp"
             shutil.rmtree(staging, ignore_errors=True)
@@ -467,7 +468,7 @@ def train(config: DictConfig) -> Path:
     finally:
         bar.close()
         metrics.close()
-    if preempted:
+    if preempted.is_set():
         log.warning("preempted: checkpoint at iteration %d; restart with the same output_dir to resume",
                     trainer.iteration)
         if caller:
@@ -488,21 +489,13 @@ def _episode_metrics(episodes: dict) -> dict:
             "episode_length_mean": float(np.mean(episodes["length"])), "episodes": len(episodes["return"])}
 
 
-class _Flag:
-    def __init__(self):
-        self.raised = False
-
-    def __bool__(self):
-        return self.raised
-
-
-def _catch_preemption() -> _Flag:
+def _catch_preemption() -> threading.Event:
     """SIGUSR1 (SLURM's warning before preemption) and SIGTERM end the run after the current
     iteration's checkpoint instead of killing it mid-write."""
-    flag = _Flag()
+    flag = threading.Event()
 
     def handler(signum, frame):
-        flag.raised = True
+        flag.set()
         log.warning("received signal %d: stopping after this iteration's checkpoint", signum)
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(sig, handler)
