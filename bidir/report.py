@@ -9,6 +9,9 @@ import matplotlib
 matplotlib.use("Agg")  # runs on headless nodes
 import matplotlib.pyplot as plt  # noqa: E402
 
+import numpy as np  # noqa: E402
+
+from bidir.compare import smooth  # noqa: E402
 from bidir.evaluate import evaluate_all, format_table  # noqa: E402
 
 
@@ -16,18 +19,21 @@ def _floats(rows: list[dict], key: str) -> list[float]:
     return [float(r[key]) if r.get(key) not in ("", None) else float("nan") for r in rows]
 
 
-def plot_learning_curve(rows: list[dict], path: Path, title: str) -> Path:
-    """Mean return and success rate against frames (one point per iteration)."""
-    frames = _floats(rows, "frames")
-    fig, (ax_return, ax_success) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax_return.plot(frames, _floats(rows, "return_mean"), marker=".")
-    ax_return.set_ylabel("mean return")
-    ax_success.plot(frames, _floats(rows, "success_rate"), marker=".", color="tab:green")
-    ax_success.set_ylabel("success rate")
-    for ax in (ax_return, ax_success):
+def plot_learning_curve(rows: list[dict], path: Path, title: str, window: int = 5) -> Path:
+    """Mean return and success rate against frames: each iteration's value (dots) and the
+    episode-weighted mean over `window` iterations (line), since few episodes end per iteration."""
+    frames, episodes = np.array(_floats(rows, "frames")), np.array(_floats(rows, "episodes"))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key, label, color in zip(axes, ("return_mean", "success_rate"), ("mean return", "success rate"),
+                                     ("tab:blue", "tab:green")):
+        values = np.array(_floats(rows, key))
+        ax.plot(frames, values, ".", color=color, alpha=0.35, label="per iteration")
+        ax.plot(frames, smooth(values, episodes, window), color=color, label=f"mean over {window} iterations")
         ax.set_xlabel("frames")
+        ax.set_ylabel(label)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
