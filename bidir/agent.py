@@ -79,3 +79,14 @@ def sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     cumulative = probs.cumsum(axis=1)
     draws = rng.random(len(probs)) * cumulative[:, -1]
     return np.minimum((cumulative < draws[:, None]).sum(axis=1), probs.shape[1] - 1)
+
+
+def summarize_episodes(episodes: list[dict]) -> dict:
+    """success_rate, return_mean, episode_length_mean (NaN without episodes) and episodes, from
+    TextVecEnv's per-episode statistics."""
+    if not episodes:
+        return {"success_rate": float("nan"), "return_mean": float("nan"), "episode_length_mean": float("nan"),
+                "episodes": 0}
+    return {"success_rate": float(np.mean([e["success"] for e in episodes])),
+            "return_mean": float(np.mean([e["return"] for e in episodes])),
+            "episode_length_mean": float(np.mean([e["length"] for e in episodes])), "episodes": len(episodes)}

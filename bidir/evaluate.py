@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from bidir.agent import PromptHistory, sample_rows, student_inputs
+from bidir.agent import PromptHistory, sample_rows, student_inputs, summarize_episodes
 from bidir.envs import TextVecEnv
 from bidir.methods import get_method
 
@@ -75,12 +75,7 @@ def evaluate(mode: str, env_id: str, instructions: list[str], episodes: int, see
             else:
                 history.advance(e, instructions[action[e]], info)
     envs.close()
-    return {
-        "success_rate": float(np.mean([r["success"] for r in results])),
-        "return_mean": float(np.mean([r["return"] for r in results])),
-        "episode_length_mean": float(np.mean([r["length"] for r in results])),
-        "episodes": episodes,
-    }
+    return summarize_episodes(results)
 
 
 def evaluate_all(method_name: str, args, student, teacher, episodes: int, seed: int = 0) -> dict:

@@ -32,7 +32,6 @@ def bot_demonstrations(levels, episodes_per_level: int, seed: int, prompt_histor
     """(prompt, instruction index) pairs from the BabyAI bot solving `episodes_per_level`
     episodes of each level. Steps whose bot action is not an instruction are dropped."""
     prompts, targets = [], []
-    action_names = {i: text for i, text in enumerate(instructions)}
     action_to_index = {a: i for i, a in enumerate(instruction_actions(instructions))}
     for level in levels:
         env = make_text_env(level)
@@ -51,7 +50,7 @@ def bot_demonstrations(levels, episodes_per_level: int, seed: int, prompt_histor
                 _, _, terminated, truncated, info = env.step(action)
                 if terminated or truncated:
                     break
-                history.advance(0, action_names[index], info)
+                history.advance(0, instructions[index], info)
         env.close()
     return prompts, targets
 

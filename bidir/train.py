@@ -29,12 +29,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from bidir.agent import PromptHistory, sample_rows, student_inputs
+from bidir.agent import PromptHistory, sample_rows, student_inputs, summarize_episodes
 from bidir.critique import critique, critique_sentence, teacher_rewards
-from bidir.envs import TextVecEnv, instruction_actions
+from bidir.envs import TextVecEnv
 from bidir.llm import make_caller, under_lamorel_launcher
 from bidir.methods import get_method
-from bidir.ppo import Batch, gae
+from bidir.ppo import gae
 from bidir.student import Student, distill_weight, update_student
 from bidir.teacher import TEACHER_CHECKPOINT, Teacher, TeacherInitializer, TeacherPPOUpdater, teacher_module_functions
 from bidir.teacher_model import resolve_model_path
@@ -107,7 +107,7 @@ class Trainer:
                 self.history.start(env, info)
 
     # ---- collect -------------------------------------------------------------------------
-    def collect(self, phases: Phases) -> tuple[Batch, dict]:
+    def collect(self, phases: Phases) -> tuple[dict, list[dict]]:
         """Runs `steps` steps in every env. Returns the per-step buffer (T, n) and episode stats."""
         args, n, T, k = self.args, self.args.n_envs, self.steps, self.k
         buf = {
@@ -119,7 +119,7 @@ class Trainer:
             "logprob": np.zeros((T, n), np.float32), "value": np.zeros((T, n), np.float32),
             "reward": np.zeros((T, n), np.float32), "done": np.zeros((T, n), bool),
         }
-        episodes = {"return": [], "length": [], "success": []}
+        episodes = []
         instruction = np.zeros(n, np.int64)
         probs = np.full((n, k), 1.0 / k)
         teacher_value = np.zeros(n, np.float32)
@@ -158,8 +158,7 @@ class Trainer:
             since_query += 1
             for e, info in enumerate(self.infos):
                 if done[e]:
-                    for key in episodes:
-                        episodes[key].append(info["episode"][key])
+                    episodes.append(info["episode"])
                     self.history.start(e, info)
                     since_query[e] = args.teacher_every  # a new episode gets a fresh message
                 else:
@@ -167,7 +166,7 @@ class Trainer:
             if args.critique_in_prompt and self.method.critique:
                 self._online_critique(buf, t)
         self.frames += T * n
-        return Batch(buf), episodes
+        return buf, episodes
 
     def _online_critique(self, buf, t):
         """The critique sentence for the next prompt, from the one-step TD error of the student
@@ -200,7 +199,7 @@ class Trainer:
                 student_value = self.student(x)[1].cpu().numpy()
         return student_value, teacher_value
 
-    def teacher_transitions(self, buf: Batch, step_rewards: np.ndarray, last_value: np.ndarray):
+    def teacher_transitions(self, buf: dict, step_rewards: np.ndarray, last_value: np.ndarray):
         """The teacher's PPO data: one transition per query, rewarded with the sum of r_T until the
         next query, GAE over each env's queries with V_T."""
         args, rows = self.args, {"prompt": [], "action": [], "logprob": [], "value": [], "advantage": [], "returns": []}
@@ -223,7 +222,7 @@ class Trainer:
             rows["returns"].append(returns[:, 0])
         return {key: value if key == "prompt" else np.concatenate(value) for key, value in rows.items()}
 
-    def update(self, buf: Batch, phases: Phases, checkpoint_dir: Path) -> dict:
+    def update(self, buf: dict, phases: Phases, checkpoint_dir: Path) -> dict:
         """Student advantages -> critique -> student update -> teacher update. Returns metrics."""
         args, metrics = self.args, {}
         student_last, teacher_last = self.bootstrap()
@@ -351,7 +350,6 @@ class MetricsLog:
             writer = csv.DictWriter(f, METRIC_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        self.rows = rows
         self.wandb = None
         if config.wandb.mode != "disabled":
             import wandb
@@ -367,7 +365,6 @@ class MetricsLog:
         """Appends one iteration's row and sends it to W&B under the same keys."""
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, METRIC_COLUMNS, restval="").writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
-        self.rows.append(row)
         if self.wandb:
             self.wandb.log({k: v for k, v in row.items() if v == v}, step=row["frames"])
 
@@ -401,8 +398,7 @@ def check_config(config: DictConfig):
     args = config.rl_script_args
     try:
         method = get_method(args.method)
-        instruction_actions(args.instructions)
-        TextVecEnv(args.env_id, 1, 0, args.instructions).close()
+        TextVecEnv(args.env_id, 1, 0, args.instructions).close()  # checks env id and instructions
     except ValueError as error:
         raise UsageError(str(error)) from None
     if args.n_envs < 1 or args.steps_per_iteration < args.n_envs or args.steps_per_iteration % args.n_envs:
@@ -454,7 +450,7 @@ def train(config: DictConfig) -> Path:
             buf, episodes = trainer.collect(phases)
             row = trainer.update(buf, phases, staging)
             trainer.wall_time += time.perf_counter() - started
-            row.update(_episode_metrics(episodes), iteration=trainer.iteration, frames=trainer.frames,
+            row.update(summarize_episodes(episodes), iteration=trainer.iteration, frames=trainer.frames,
                        wall_time_s=round(trainer.wall_time, 3),
                        fps=round(trainer.steps * args.n_envs / (time.perf_counter() - started), 1),
                        llm_contexts=trainer.teacher.llm_contexts if trainer.teacher else 0,
@@ -479,14 +475,6 @@ def train(config: DictConfig) -> Path:
     if caller:
         caller.close()
     return output_dir
-
-
-def _episode_metrics(episodes: dict) -> dict:
-    if not episodes["return"]:
-        return {"success_rate": float("nan"), "return_mean": float("nan"), "episode_length_mean": float("nan"),
-                "episodes": 0}
-    return {"success_rate": float(np.mean(episodes["success"])), "return_mean": float(np.mean(episodes["return"])),
-            "episode_length_mean": float(np.mean(episodes["length"])), "episodes": len(episodes["return"])}
 
 
 def _catch_preemption() -> threading.Event:
