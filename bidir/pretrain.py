@@ -109,7 +109,6 @@ def pretrain(model_path: str, output: Path, levels=PRETRAIN_LEVELS, episodes_per
         order = rng.permutation(len(prompts))
         result = caller.update([prompts[i] for i in order], candidates,
                                targets=torch.as_tensor(targets)[order], lr=lr, batch_size=batch_size)[0]
-        result = result[0] if isinstance(result, list) else result
         bar.set_postfix(loss=f"{result['loss']:.3f}", accuracy=f"{result['accuracy']:.3f}")
     output.mkdir(parents=True, exist_ok=True)
     caller.update([""], [[""]], save_pretrained_to=str(output))

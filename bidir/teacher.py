@@ -224,6 +224,5 @@ class Teacher:
             entropy_coef=args.teacher_entropy_coef, value_loss_coef=args.teacher_value_loss_coef,
             max_grad_norm=args.teacher_max_grad_norm, save_to=save_to, resume_from=resume_from)
         self.forget()
-        results = [r[0] if isinstance(r, list) else r for r in results]
-        results = [r for r in results if r]
+        results = [r for r in results if r]  # one per server; a server with no rows returns {}
         return {k: float(np.mean([r[k] for r in results])) for k in results[0]} if results else {}
