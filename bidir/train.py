@@ -314,10 +314,10 @@ def find_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete checkpoint that loads; broken ones (a kill mid-write) are skipped."""
     root = output_dir / "checkpoints"
     for candidate in sorted(root.glob("iter_*[0-9]"), reverse=True) if root.exists() else []:
-        try:
-            torch.load(candidate / "trainer.pt", weights_only=True)
+        try:  # mmap reads the archive's index, not the tensors: a truncated file still fails here
+            torch.load(candidate / "trainer.pt", weights_only=True, mmap=True)
             if (candidate / TEACHER_CHECKPOINT).exists():
-                torch.load(candidate / TEACHER_CHECKPOINT, weights_only=True)
+                torch.load(candidate / TEACHER_CHECKPOINT, weights_only=True, mmap=True)
             return candidate
         except Exception as error:  # noqa: BLE001 - any unreadable file means "not this one"
             log.warning("skipping unreadable checkpoint %s (%s)", candidate, error)
