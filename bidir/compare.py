@@ -1,7 +1,8 @@
 """Compare methods across runs: `bidir-compare <run dirs or globs> [--out DIR]`
 (or `bidir-compare --wandb ENTITY/PROJECT --group EXPERIMENT` when online).
 
-Runs are grouped by method (from each run's config.yaml). Per method, over seeds: mean ± 95% CI
+Runs are grouped by method (from each run's config.yaml), or by variant where a run lies in
+experiments/plan.py's layout `<experiment>/<variant>/seed<N>` (an ablation or a sweep point). Per method, over seeds: mean ± 95% CI
 (Student's t) of the final mean return and success rate (the mean of each run's last `--last`
 iterations), of the held-out evaluation (eval.json), and the frames each run needed to reach a
 mean return of 0.8 and a success rate of 0.9 (curves smoothed over `--smooth` iterations).
@@ -14,6 +15,7 @@ import csv
 import glob
 import json
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -40,6 +42,15 @@ def mean_ci(values) -> tuple[float, float]:
     return float(values.mean()), float(t * values.std(ddof=1) / math.sqrt(len(values)))
 
 
+def paired_difference(runs_a: list[dict], runs_b: list[dict], figure) -> tuple[float, float, int]:
+    """Mean and 95% CI half-width of figure(a) - figure(b) over the seeds both groups ran (the same
+    seed gives both runs the same environments), and the number of pairs."""
+    by_seed = {r["seed"]: r for r in runs_b}
+    differences = [figure(r) - figure(by_seed[r["seed"]]) for r in runs_a if r["seed"] in by_seed]
+    mean, ci = mean_ci(differences)
+    return mean, ci, len([d for d in differences if d == d])
+
+
 def smooth(values: np.ndarray, episodes: np.ndarray, window: int) -> np.ndarray:
     """Episode-weighted trailing mean over `window` iterations; NaN until the window is full, so
     that one lucky early episode does not count as convergence."""
@@ -58,8 +69,13 @@ def frames_to(frames: np.ndarray, curve: np.ndarray, threshold: float) -> float:
     return float(frames[reached[0]]) if len(reached) else float("nan")
 
 
+def group_name(path: Path, method: str) -> str:
+    """The variant directory of plan.py's `<variant>/seed<N>` layout, else the method."""
+    return path.parent.name if re.fullmatch(r"seed\d+", path.name) else method
+
+
 def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
-    """Run directories (those with config.yaml and metrics.csv) grouped by method."""
+    """Run directories (those with config.yaml and metrics.csv) grouped by method or variant."""
     runs = defaultdict(list)
     paths = sorted({Path(p) for pattern in patterns for p in (glob.glob(pattern) or [pattern])})
     for path in paths:
@@ -72,7 +88,7 @@ def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
             continue
         column = lambda key: np.array([float(r[key]) if r[key] != "" else np.nan for r in rows])  # noqa: E731
         evaluation = json.loads((path / "eval.json").read_text())["results"] if (path / "eval.json").exists() else {}
-        runs[config.rl_script_args.method].append({
+        runs[group_name(path, config.rl_script_args.method)].append({
             "path": str(path), "seed": config.rl_script_args.seed, "frames": column("frames"),
             "return": column("return_mean"), "success": column("success_rate"), "episodes": column("episodes"),
             "eval": evaluation,

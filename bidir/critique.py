@@ -39,24 +39,26 @@ def normalised(values: np.ndarray, scale_from: np.ndarray | None = None) -> np.n
 
 def teacher_targets(instruction: np.ndarray, action: np.ndarray, executed: np.ndarray,
                     own_advantage: np.ndarray, student_advantage: np.ndarray | None,
-                    use_student_advantage: bool, imitate: bool) -> TeacherTargets:
+                    use_student_advantage: bool, imitate: bool, normalise: bool = True) -> TeacherTargets:
     """The teacher's training rows from its queries.
 
     PPO trains only on executed queries, where the instruction is what happened (the teacher's
     own, on-policy data); its advantage is the student's (critique) or the teacher's own GAE,
-    normalised either way so that the two differ in direction, not in step size. With `imitate`,
-    student-chosen queries whose student advantage is positive become imitation rows for the
-    student's action, weighted by that advantage on the same normalised scale."""
+    with `normalise` divided by its spread either way, so that the two differ in direction, not
+    in step size. With `imitate`, student-chosen queries whose student advantage is positive
+    become imitation rows for the student's action, weighted by that advantage (on the same
+    scale)."""
     executed = np.asarray(executed, bool)
     if student_advantage is None:
         use_student_advantage, imitate = False, False
+    scale = normalised if normalise else (lambda values, scale_from=None: values.astype(np.float32))
     if use_student_advantage:
-        advantage = normalised(student_advantage)
+        advantage = scale(student_advantage)
     else:
-        advantage = normalised(own_advantage, own_advantage[executed]) if executed.any() else own_advantage
+        advantage = scale(own_advantage, own_advantage[executed]) if executed.any() else own_advantage
     imitation = np.zeros(len(executed), np.float32)
     if imitate:
-        imitation = np.where(executed, 0.0, np.maximum(normalised(student_advantage), 0.0)).astype(np.float32)
+        imitation = np.where(executed, 0.0, np.maximum(scale(student_advantage), 0.0)).astype(np.float32)
     return TeacherTargets(action=np.where(executed, instruction, action), advantage=advantage.astype(np.float32),
                           ppo=executed, imitation=imitation)
 

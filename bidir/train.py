@@ -241,7 +241,7 @@ class Trainer:
         critique = self.method.critique
         targets = teacher_targets(data["instruction"], data["action"], data["executed"], data["advantage"],
                                   data["student_advantage"], critique and args.critique_advantage,
-                                  critique and args.critique_imitation > 0)
+                                  critique and args.critique_imitation > 0, args.teacher_normalize_advantages)
         logprob = np.log(data["probs"][np.arange(len(targets.action)), targets.action])
         return {"prompt": data["prompt"], "action": targets.action, "logprob": logprob, "value": data["value"],
                 "advantage": targets.advantage, "returns": data["returns"], "ppo": targets.ppo,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from bidir.compare import frames_to, load_runs, mean_ci, smooth, summarize
+from bidir.compare import frames_to, load_runs, mean_ci, paired_difference, smooth, summarize
 
 
 def test_mean_ci_uses_students_t():
@@ -54,6 +54,21 @@ def test_summary_from_run_directories(tmp_path):
     # smoothed over 2 iterations, seed 1 reaches 0.8 at frame 300 (0.9, 0.9), seed 2 at 400
     assert table["bidir"]["frames_to_return_0.8"][0] == 350.0 and table["bidir"]["reached_return_0.8"] == 2
     assert table["student"]["reached_return_0.8"] == 0
+
+
+def test_plan_layout_groups_by_variant_and_pairs_seeds(tmp_path):
+    # <experiment>/<variant>/seed<N>: an ablation of bidir is its own group
+    write_run(tmp_path / "x" / "bidir" / "seed1", "bidir", 1, [0.5, 0.9])
+    write_run(tmp_path / "x" / "bidir" / "seed2", "bidir", 2, [0.5, 0.7])
+    write_run(tmp_path / "x" / "bidir-no-critique" / "seed1", "bidir", 1, [0.5, 0.6])
+    write_run(tmp_path / "x" / "bidir-no-critique" / "seed2", "bidir", 2, [0.5, 0.6])
+    write_run(tmp_path / "x" / "bidir-no-critique" / "seed3", "bidir", 3, [0.5, 0.6])
+    runs = load_runs([str(tmp_path / "x" / "*" / "seed*")])
+    assert sorted(runs) == ["bidir", "bidir-no-critique"]
+    final = lambda run: float(run["return"][-1])  # noqa: E731
+    # seeds 1 and 2 in both: differences 0.3 and 0.1, mean 0.2, t(1) = 12.706, sd 0.1414 / sqrt(2)
+    mean, ci, n = paired_difference(runs["bidir"], runs["bidir-no-critique"], final)
+    assert n == 2 and mean == pytest.approx(0.2) and ci == pytest.approx(12.706 * 0.1)
 
 
 def test_cli_writes_table_and_plot_and_rejects_empty_input(tmp_path):

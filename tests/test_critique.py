@@ -63,3 +63,10 @@ def test_behaviour_probability_of_the_acting_mixture(eps):
 def test_critique_sentence():
     assert critique_sentence("go forward", 0.3) == 'the student found "go forward" helpful'
     assert critique_sentence("toggle", -0.1) == 'the student found "toggle" not helpful'
+
+
+def test_without_normalisation_advantages_keep_their_scale():
+    t = teacher_targets(INSTRUCTION, ACTION, EXECUTED, OWN, STUDENT, use_student_advantage=True, imitate=True,
+                        normalise=False)
+    np.testing.assert_allclose(t.advantage, STUDENT)
+    np.testing.assert_allclose(t.imitation, [0.0, 2.0, 0.0, 0.0])
