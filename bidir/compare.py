@@ -87,7 +87,10 @@ def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
         if not rows:
             continue
         column = lambda key: np.array([float(r[key]) if r[key] != "" else np.nan for r in rows])  # noqa: E731
-        evaluation = json.loads((path / "eval.json").read_text())["results"] if (path / "eval.json").exists() else {}
+        evaluation = {}
+        for name in ("eval_start.json", "eval.json"):  # the teacher before training, then the final figures
+            if (path / name).exists():
+                evaluation.update(json.loads((path / name).read_text())["results"])
         runs[group_name(path, config.rl_script_args.method)].append({
             "path": str(path), "seed": config.rl_script_args.seed, "frames": column("frames"),
             "return": column("return_mean"), "success": column("success_rate"), "episodes": column("episodes"),

@@ -459,6 +459,8 @@ def train(config: DictConfig) -> Path:
     metrics = MetricsLog(config, trainer)
     if checkpoint:
         log.info("resuming from %s (iteration %d)", checkpoint, trainer.iteration)
+    from bidir.report import evaluate_teacher_at_start, finish_run
+    evaluate_teacher_at_start(config, trainer)
     preempted = _catch_preemption()
     bar = tqdm(total=args.iterations, initial=trainer.iteration, desc=f"{args.method}", unit="it",
                dynamic_ncols=True, disable=None)
@@ -493,7 +495,6 @@ def train(config: DictConfig) -> Path:
         if caller:
             caller.close()
         sys.exit(PREEMPTED_EXIT_CODE)
-    from bidir.report import finish_run
     finish_run(config, trainer, caller)
     if caller:
         caller.close()

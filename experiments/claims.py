@@ -38,6 +38,8 @@ FIGURES = {
     "held-out return, student alone": held_out("student_alone"),
     "held-out return, teacher alone": held_out("teacher_alone"),
     "held-out return, student with teacher": held_out("student_with_teacher"),
+    "held-out return, teacher alone - teacher at start": lambda run: (held_out("teacher_alone")(run)
+                                                                      - held_out("teacher_at_start")(run)),
 }
 
 COMPARISONS = [  # (claim, A, B, figures)
@@ -46,6 +48,8 @@ COMPARISONS = [  # (claim, A, B, figures)
      ["held-out return, student alone", "final return", "frames to return 0.8"]),
     ("student -> teacher: bidir's teacher vs the frozen teacher (t2s)", "bidir", "t2s",
      ["held-out return, teacher alone"]),
+    ("student -> teacher: each teacher's gain over its start", "bidir", "glam",
+     ["held-out return, teacher alone - teacher at start"]),
     ("student -> teacher: bidir's teacher vs glam's", "bidir", "glam", ["held-out return, teacher alone"]),
     ("the critique's own effect: bidir vs bidir without it", "bidir", "bidir-no-critique",
      ["held-out return, teacher alone", "held-out return, student alone", "final return", "frames to return 0.8"]),
