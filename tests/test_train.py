@@ -3,6 +3,7 @@ resume equality, and a checkpoint's evaluation."""
 import csv
 import json
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 
@@ -134,3 +135,25 @@ def test_bidir_eval_cli_on_a_run_directory(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "bidir.evaluate", str(tmp_path / "none")],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "not a bidir run directory" in missing.stderr
+
+
+@pytest.mark.parametrize("teacher_acts", [0.0, 1.0])
+def test_who_acts_and_the_behaviour_probability_the_student_learns_from(tmp_path, teacher_acts):
+    # eps = 1: every action is the teacher's instruction, with behaviour probability 1;
+    # eps = 0: the student acts, and its own probability is the behaviour's
+    from bidir.teacher_model import resolve_model_path
+    from bidir.train import Phases, Trainer, start_teacher_llm
+    config = small_config(tmp_path, "bidir", f"rl_script_args.teacher_acts={teacher_acts}")
+    config.lamorel_args.llm_configs.main_llm.model_path = resolve_model_path("tiny-t5")
+    trainer = Trainer(config, start_teacher_llm(config, None), None)
+    buf, _ = trainer.collect(Phases())
+    assert buf["executed"].all() == bool(teacher_acts) and buf["executed"].any() == bool(teacher_acts)
+    if teacher_acts:
+        assert (buf["action"] == buf["instruction"]).all()
+        assert (buf["logprob"] == 0.0).all()
+    else:
+        assert (buf["logprob"] < 0.0).all()
+    data = trainer.teacher_transitions(buf, np.zeros(2, np.float32), np.ones(buf["done"].shape, np.float32))
+    # PPO only where the teacher's instruction was executed; imitation only where the student chose
+    assert data["ppo"].all() == bool(teacher_acts) and not (data["imitation"][data["ppo"]] > 0).any()
+    assert (data["imitation"] > 0).all() != bool(teacher_acts)
