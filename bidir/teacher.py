@@ -99,7 +99,7 @@ class TeacherInitializer(BaseModelInitializer):
 
 class TeacherPPOUpdater(BaseUpdater):
     """GLAM's PPO loss on the LLM (clipped policy over the candidate distribution on the `ppo`
-    rows, clipped value, entropy bonus) plus the critique's imitation term, -w * log pi_T(a), on
+    rows, clipped value on every row, entropy bonus on the rows that train the policy) plus the critique's imitation term, -w * log pi_T(a), on
     rows with an imitation weight w > 0; gradient accumulation; grad-norm clipping. The optimizer
     lives here, across calls. On N servers each updates its share `_current_batch_ids` and DDP
     averages gradients.
@@ -164,9 +164,12 @@ class TeacherPPOUpdater(BaseUpdater):
         values = torch.stack([o["value"][0, 0] for o in outputs])[rows_of]
         d = {k: v[piece] for k, v in data.items()}
         logprobs = dist.log_prob(d["actions"])
+        # the entropy bonus regularises the policy where it is trained: on other rows it alone
+        # would pull a teacher that no longer acts back towards uniform
+        trained = (d["ppo"] | (d["imitation"] > 0)).float()
         return (policy_loss(logprobs, d["logprobs"], d["advantages"], kw["clip_eps"], mask=d["ppo"].float()),
                 value_loss(values, d["values"], d["returns"], kw["clip_eps"]),
-                dist.entropy().mean(),
+                (dist.entropy() * trained).sum() / trained.sum().clamp(min=1),
                 -(d["imitation"] * logprobs).mean())
 
 
