@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 DEFAULTS = Path(__file__).parent / "conf" / "config.yaml"
+MODEL_PATH = "lamorel_args.llm_configs.main_llm.model_path"
 
 RANGES = {  # bounds (inclusive, None: open) beyond the type, for keys whose nonsense values would crash or mislead
     "rl_script_args.iterations": (0, None),
@@ -78,7 +79,7 @@ def check_config(config: DictConfig):
         try:
             llm.model_path = resolve_model_path(llm.model_path)
         except (ValueError, OSError) as error:
-            raise UsageError(f"lamorel_args.llm_configs.main_llm.model_path: {error}") from None
+            raise UsageError(f"{MODEL_PATH}: {error}") from None
     if config.wandb.mode == "online":
         check_wandb_login()
     check_resumable(config)
@@ -140,6 +141,8 @@ def check_resumable(config: DictConfig):
         return
     saved = _leaves(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True))
     new = _leaves(OmegaConf.to_container(config, resolve=True))
+    if saved.get(MODEL_PATH) != new.get(MODEL_PATH):  # a method without a teacher records the name unresolved
+        saved[MODEL_PATH], new[MODEL_PATH] = _resolved(saved.get(MODEL_PATH)), _resolved(new.get(MODEL_PATH))
     missing = object()
     differences = [f"{key} ({_show(saved.get(key, missing))} there, {_show(new.get(key, missing))} here)"
                    for key in sorted(saved.keys() | new.keys())
@@ -159,6 +162,15 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def _resolved(model_path):
+    """The path a model name resolves to; the name itself if it does not resolve."""
+    from bidir.teacher_model import resolve_model_path
+    try:
+        return resolve_model_path(model_path)
+    except (ValueError, OSError, TypeError):
+        return model_path
 
 
 def _has_type(value, expected: type) -> bool:
