@@ -134,7 +134,8 @@ def add_pretrain_command(subparsers):
     parser.add_argument("--prompt-history", type=int, default=1,
                         help="past observations in each prompt; match rl_script_args.prompt_history "
                         "(default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of demonstrations and training (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of demonstrations and training (default: %(default)s)")
     parser.add_argument("--device", default="cpu",
                         help="torch device of the teacher, e.g. cpu or cuda:0 (default: %(default)s)")
     parser.set_defaults(func=lambda a: print(pretrain(
