@@ -131,7 +131,7 @@ def restore(config, checkpoint: Path):
     k = len(args.instructions)
     student = teacher = None
     if method.student:
-        student = Student(k, k)
+        student = Student(k, k).to(args.device)  # where evaluate_all puts its inputs
         student.load_state_dict(torch.load(checkpoint / "trainer.pt", weights_only=True)["student"])
         student.eval()
     if method.teacher:
