@@ -54,25 +54,27 @@ class UsageError(Exception):
 def check_config(config: DictConfig):
     """Rejects bad input before anything is created, with one clear line (UsageError). Replaces
     the LLM's model name by the path it resolves to (what config.yaml records)."""
-    from bidir.envs import TextVecEnv
+    from bidir.envs import instruction_actions, make_text_env
     from bidir.llm import under_lamorel_launcher
     from bidir.methods import get_method
     from bidir.teacher_model import resolve_model_path
 
     check_types(config)
-    args = config.rl_script_args
     check_ranges(config)
+    args = config.rl_script_args
     if not args.instructions:
         raise UsageError("rl_script_args.instructions is empty; give at least one, e.g. "
                          "'rl_script_args.instructions=[turn left,turn right,go forward]'")
-    try:
-        method = get_method(args.method)
-        TextVecEnv(args.env_id, 1, 0, args.instructions).close()  # checks env id and instructions
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    for key, check in [("method", get_method), ("env_id", lambda env_id: make_text_env(env_id).close()),
+                       ("instructions", instruction_actions)]:
+        try:
+            check(args[key])
+        except ValueError as error:
+            raise UsageError(f"rl_script_args.{key}: {error}") from None
+    method = get_method(args.method)
     if args.steps_per_iteration % args.n_envs:
-        raise UsageError(f"steps_per_iteration ({args.steps_per_iteration}) must be a positive multiple of "
-                         f"n_envs ({args.n_envs})")
+        raise UsageError(f"rl_script_args.steps_per_iteration ({args.steps_per_iteration}) must be a multiple of "
+                         f"rl_script_args.n_envs ({args.n_envs})")
     check_writable(Path(args.output_dir))
     if method.teacher or under_lamorel_launcher():  # the launcher starts LLM servers whatever the method
         llm = config.lamorel_args.llm_configs.main_llm

@@ -40,14 +40,17 @@ def assert_one_error_line(result, message, prefix="bidir: error:"):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("rl_script_args.method=bidr", "unknown method 'bidr'; choose one of: bidir, t2s, glam, student"),
-    ("rl_script_args.env_id=BabyAI-GoToRedBallNoDist-v0", "BabyAI-GoToRedBallNoDists-v0"),
+    ("rl_script_args.method=bidr", "rl_script_args.method: unknown method 'bidr'; choose one of: bidir, t2s, glam, "
+                                   "student"),
+    ("rl_script_args.env_id=BabyAI-GoToRedBallNoDist-v0",
+     "rl_script_args.env_id: Unknown env_id 'BabyAI-GoToRedBallNoDist-v0'; closest: BabyAI-GoToRedBallNoDists-v0"),
     ("rl_script_args.n_envs=0", "rl_script_args.n_envs must be >= 1, got 0"),
     ("rl_script_args.n_envs=abc", "rl_script_args.n_envs must be an integer (default: 8), got 'abc'"),
     ("rl_script_args.iterations=abc", "rl_script_args.iterations must be an integer (default: 40), got 'abc'"),
     ("rl_script_args.iterations=2.5", "rl_script_args.iterations must be an integer (default: 40), got 2.5"),
     ("rl_script_args.iterations=-1", "rl_script_args.iterations must be >= 0, got -1"),
-    ("rl_script_args.steps_per_iteration=15", "steps_per_iteration (15) must be a positive multiple of n_envs (2)"),
+    ("rl_script_args.steps_per_iteration=15",
+     "rl_script_args.steps_per_iteration (15) must be a multiple of rl_script_args.n_envs (2)"),
     ("rl_script_args.student_lr=fast", "rl_script_args.student_lr must be a number (default: 0.001), got 'fast'"),
     ("rl_script_args.message_dropout=true", "rl_script_args.message_dropout must be a number"),
     ("rl_script_args.gamma=1.5", "rl_script_args.gamma must be in [0.0, 1.0], got 1.5"),
@@ -55,7 +58,8 @@ def assert_one_error_line(result, message, prefix="bidir: error:"):
     ("rl_script_args.method=1", "rl_script_args.method must be a string (default: 'bidir'), got 1"),
     ("rl_script_args.instructions=turn left", "rl_script_args.instructions must be a list"),
     ("rl_script_args.instructions=[]", "rl_script_args.instructions is empty"),
-    ("rl_script_args.instructions=[turn left,jump]", "jump"),
+    ("rl_script_args.instructions=[turn left,jump]", "rl_script_args.instructions: Instruction(s) ['jump'] map to "
+                                                     "no minigrid action; valid instructions: turn left"),
     ("lamorel_args.llm_configs.main_llm.model_path=/tmp/does/not/exist",
      "lamorel_args.llm_configs.main_llm.model_path: model path '/tmp/does/not/exist' does not exist"),
     ("lamorel_args.llm_configs.main_llm.model_path=google/flan-t5-small", "model_path=tiny-t5-bc"),

@@ -63,6 +63,7 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path):
     time.sleep(0.2)  # the first one handled: the second interrupts the iteration under way
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == INTERRUPTED_EXIT_CODE and "Traceback" not in stderr, stderr
+    # 130, or killed by SIGINT (a shell shows 130 too) when the second one lands after the run's own exit began
+    assert process.returncode in (INTERRUPTED_EXIT_CODE, -signal.SIGINT) and "Traceback" not in stderr, stderr
     assert not list((out / "checkpoints").glob("*.tmp"))
     assert find_checkpoint(out) is not None
