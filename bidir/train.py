@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -30,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from bidir.agent import PromptHistory, behaviour_logprob, sample_rows, student_inputs, summarize_episodes
+from bidir.checks import UsageError, check_config
 from bidir.critique import critique_sentence, teacher_targets
 from bidir.envs import TextVecEnv
 from bidir.llm import make_caller, under_lamorel_launcher
@@ -37,12 +37,16 @@ from bidir.methods import get_method
 from bidir.ppo import anneal, gae
 from bidir.student import Student, update_student
 from bidir.teacher import TEACHER_CHECKPOINT, Teacher, TeacherInitializer, TeacherPPOUpdater, teacher_module_functions
-from bidir.teacher_model import resolve_model_path
 
 log = logging.getLogger("bidir")
 
 PREEMPTED_EXIT_CODE = 3
 """Exit status after SIGUSR1/SIGTERM: the run checkpointed and can be resumed."""
+INTERRUPTED_EXIT_CODE = 130
+"""Exit status after Ctrl-C (the shell's 128 + SIGINT), so that run_with_requeue does not requeue."""
+PROGRESS_LINE_S = 30.0
+"""Without a terminal (a log file, SLURM) no bar is drawn: a progress line instead, after the first
+and last iteration and at most this often in between."""
 
 METRIC_COLUMNS = [
     "iteration", "frames", "success_rate", "return_mean", "episode_length_mean", "episodes", "wall_time_s",
@@ -52,10 +56,6 @@ METRIC_COLUMNS = [
     "time_teacher_scoring", "time_student_forward", "time_critique", "time_student_update",
     "time_teacher_update",
 ]
-
-
-class UsageError(Exception):
-    """Bad configuration or input, reported in one line before any heavy work (exit code 2)."""
 
 
 class Phases:
@@ -416,35 +416,6 @@ def start_teacher_llm(config: DictConfig, checkpoint: Path | None):
     return caller
 
 
-def check_config(config: DictConfig):
-    """Rejects bad input before any heavy work, with one clear line (UsageError)."""
-    args = config.rl_script_args
-    try:
-        method = get_method(args.method)
-        TextVecEnv(args.env_id, 1, 0, args.instructions).close()  # checks env id and instructions
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    if args.n_envs < 1 or args.steps_per_iteration < args.n_envs or args.steps_per_iteration % args.n_envs:
-        raise UsageError(f"steps_per_iteration ({args.steps_per_iteration}) must be a positive multiple of "
-                         f"n_envs ({args.n_envs})")
-    if args.iterations < 0:
-        raise UsageError(f"iterations must be >= 0, got {args.iterations}")
-    out = Path(args.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise UsageError(f"output_dir {out} is not writable: {error.strerror}") from None
-    if method.teacher or under_lamorel_launcher():  # the launcher starts LLM servers whatever the method
-        llm = config.lamorel_args.llm_configs.main_llm
-        try:
-            llm.model_path = resolve_model_path(llm.model_path)
-        except (ValueError, OSError) as error:
-            raise UsageError(str(error)) from None
-
-
 def train(config: DictConfig) -> Path:
     """Runs (or resumes) the configured training; returns the output directory."""
     args = config.rl_script_args
@@ -452,6 +423,7 @@ def train(config: DictConfig) -> Path:
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
     output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = find_checkpoint(output_dir)
     caller = start_teacher_llm(config, checkpoint)
     trainer = Trainer(config, caller, checkpoint)
@@ -461,13 +433,14 @@ def train(config: DictConfig) -> Path:
         log.info("resuming from %s (iteration %d)", checkpoint, trainer.iteration)
     from bidir.report import evaluate_teacher_at_start, finish_run
     evaluate_teacher_at_start(config, trainer)
-    preempted = _catch_preemption()
+    stop = StopSignals()
     bar = tqdm(total=args.iterations, initial=trainer.iteration, desc=f"{args.method}", unit="it",
                dynamic_ncols=True, disable=None)
+    last_line, first = time.monotonic(), trainer.iteration + 1
     staging_root = output_dir / "checkpoints"
     staging_root.mkdir(exist_ok=True)
     try:
-        while trainer.iteration < args.iterations and not preempted.is_set():
+        while trainer.iteration < args.iterations and not stop.received:
             started, phases = time.perf_counter(), Phases()
             staging = staging_root / f"iter_{trainer.iteration:06d}.tmp"
             shutil.rmtree(staging, ignore_errors=True)
@@ -486,32 +459,52 @@ def train(config: DictConfig) -> Path:
             bar.set_postfix(success=f"{row['success_rate']:.2f}", ret=f"{row['return_mean']:.2f}",
                             fps=f"{row['fps']:.0f}")
             bar.update(1)
+            if bar.disable and (time.monotonic() - last_line >= PROGRESS_LINE_S
+                                or trainer.iteration in (first, args.iterations)):
+                last_line = time.monotonic()
+                log.info("%s: iteration %d/%d, %d frames, return %.2f, success %.2f, %.0f fps, %.0f s", args.method,
+                         trainer.iteration, args.iterations, trainer.frames, row["return_mean"],
+                         row["success_rate"], row["fps"], trainer.wall_time)
     finally:
+        stop.restore()  # the final evaluation has nothing to checkpoint: Ctrl-C ends it at once
         bar.close()
         metrics.close()
-    if preempted.is_set():
-        log.warning("preempted: checkpoint at iteration %d; restart with the same output_dir to resume",
-                    trainer.iteration)
+        for staged in staging_root.glob("iter_*.tmp"):  # an iteration cut short: never resumed from, so drop it
+            shutil.rmtree(staged, ignore_errors=True)
+    if stop.received:
+        print(f"bidir: stopped by {signal.Signals(stop.received).name} at iteration {trainer.iteration} "
+              f"(checkpointed); rerun the same command to resume {output_dir}", file=sys.stderr)
         if caller:
             caller.close()
-        sys.exit(PREEMPTED_EXIT_CODE)
+        sys.exit(INTERRUPTED_EXIT_CODE if stop.received == signal.SIGINT else PREEMPTED_EXIT_CODE)
     finish_run(config, trainer, caller)
     if caller:
         caller.close()
     return output_dir
 
 
-def _catch_preemption() -> threading.Event:
-    """SIGUSR1 (SLURM's warning before preemption) and SIGTERM end the run after the current
-    iteration's checkpoint instead of killing it mid-write."""
-    flag = threading.Event()
+class StopSignals:
+    """SIGUSR1 (SLURM's warning before preemption), SIGTERM and SIGINT (Ctrl-C) end the run after
+    the current iteration's checkpoint instead of killing it mid-write. Repeats count as one
+    (run_with_requeue resends SIGUSR1), except a second Ctrl-C, which stops at once."""
 
-    def handler(signum, frame):
-        flag.set()
-        log.warning("received signal %d: stopping after this iteration's checkpoint", signum)
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
-        signal.signal(sig, handler)
-    return flag
+    def __init__(self):
+        self.received: int | None = None  # the first stop signal
+        self._previous = {sig: signal.signal(sig, self._handle)
+                          for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt
+        if self.received is None:
+            self.received = signum
+            log.warning("%s: stopping after this iteration's checkpoint%s", signal.Signals(signum).name,
+                        " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else "")
+
+    def restore(self):
+        """The handlers from before."""
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 _composed = False  # set once hydra has built the config: tells config errors from run errors
@@ -531,6 +524,10 @@ def hydra_main(config: DictConfig):
     except FloatingPointError as error:  # a diverged loss: the staged checkpoint is dropped
         print(f"bidir: error: {error}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"bidir: interrupted; complete checkpoints stay in {config.rl_script_args.output_dir}: rerun the "
+              f"same command to resume", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT_CODE)
 
 
 def main():

@@ -83,6 +83,8 @@ def test_reloaded_checkpoint_gives_the_same_evaluation(tmp_path):
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "nan"
     train(small_config(out, "student", "rl_script_args.iterations=1", "rl_script_args.eval_episodes=0"))
+    saved = out / "config.yaml"  # the same run, whose rewards turn NaN from iteration 1 on
+    saved.write_text(saved.read_text().replace("reward_scale: 1.0", "reward_scale: .nan"))
     with pytest.raises(FloatingPointError, match="student_.* is nan at iteration 1"):
         train(small_config(out, "student", "rl_script_args.iterations=3", "rl_script_args.reward_scale=nan"))
     assert sorted(p.name for p in (out / "checkpoints").glob("iter_*[0-9]")) == ["iter_000001"]
