@@ -37,7 +37,7 @@ from bidir.methods import get_method
 from bidir.ppo import gae
 from bidir.student import Student, distill_weight, update_student
 from bidir.teacher import TEACHER_CHECKPOINT, Teacher, TeacherInitializer, TeacherPPOUpdater, teacher_module_functions
-from bidir.teacher_model import resolve_model_path
+from bidir.teacher_model import check_llm_config, resolve_model_path
 
 log = logging.getLogger("bidir")
 
@@ -386,7 +386,8 @@ def start_teacher_llm(config: DictConfig, checkpoint: Path | None):
         custom_updater={"main_llm": TeacherPPOUpdater()} if method.teacher_learns else {},
         custom_module_functions={"main_llm": teacher_module_functions(config.rl_script_args.seed)},
         custom_model_initializer={"main_llm": TeacherInitializer(
-            str(teacher_checkpoint) if teacher_checkpoint and teacher_checkpoint.exists() else None)})
+            str(teacher_checkpoint) if teacher_checkpoint and teacher_checkpoint.exists() else None,
+            seed=config.rl_script_args.seed)})
     if not method.teacher:  # the launcher started LLM servers anyway: release them
         caller.close()
         return None
@@ -418,6 +419,7 @@ def check_config(config: DictConfig):
         llm = config.lamorel_args.llm_configs.main_llm
         try:
             llm.model_path = resolve_model_path(llm.model_path)
+            check_llm_config(llm)
         except (ValueError, OSError) as error:
             raise UsageError(str(error)) from None
 
