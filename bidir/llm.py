@@ -152,6 +152,8 @@ class LocalLLM(torch.nn.Module):
         self.model_type = llm_config.model_type
         self.main_device = device
         self._LLM_model, self._LLM_tokenizer = _load_model_and_tokenizer(llm_config, device)
+        if self.model_type == "causal":
+            count_positions_over_attended_tokens(self._LLM_model)
         self._scoring_minibatch_size = llm_config.get("minibatch_size", 64)
         self._pre_encode_inputs = bool(llm_config.get("pre_encode_inputs", False))
         if self._LLM_tokenizer.pad_token is not None:
@@ -529,12 +531,33 @@ class LocalCaller:
             del self._models[name], self._updaters[name]
 
 
+def count_positions_over_attended_tokens(hf_model):
+    """Causal LMs: when no `position_ids` are given, number positions over the attended tokens only
+    (as `generate` does), so a left-padded context gets the positions it has alone.
+
+    Lamorel v0.3 left-pads causal contexts to one length and passes no position ids; the model then
+    counts pads as positions, and a prompt's scores depend on the longest prompt in its minibatch
+    (by up to 5e-2 in log-prob on a tiny GPT-2). Installed on the model's forward by both backends.
+    """
+    original_forward = hf_model.forward
+
+    def forward(*args, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+        if position_ids is None and attention_mask is not None and input_ids is not None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
+        return original_forward(*args, input_ids=input_ids, attention_mask=attention_mask,
+                                position_ids=position_ids, **kwargs)
+
+    hf_model.forward = forward
+    return hf_model
+
+
 class LamorelCompat(BaseModelInitializer):
     """Lets Lamorel v0.3's hf_llm handler call transformers 5 models, then applies `inner` (if any).
 
     Lamorel passes `output_hidden_states=torch.tensor(True)` to the model whenever a custom
     module function is called; transformers 5 iterates that flag and fails. The model's forward
-    is wrapped to turn a tensor flag into a bool. `make_caller` installs this under Lamorel.
+    is wrapped to turn a tensor flag into a bool, and causal models count positions as LocalLLM
+    does (`count_positions_over_attended_tokens`). `make_caller` installs this under Lamorel.
     """
 
     def __init__(self, inner=None):
@@ -551,6 +574,8 @@ class LamorelCompat(BaseModelInitializer):
             return original_forward(*args, output_hidden_states=output_hidden_states, **kwargs)
 
         hf_model.forward = forward
+        if model.model_type == "causal":
+            count_positions_over_attended_tokens(hf_model)
         if self.inner is None:
             return model
         self.inner.llm_config, self.inner.model_config = self.llm_config, self.model_config
