@@ -110,8 +110,18 @@ def candidate_logits_and_tokens(llm_config, forward_outputs, minibatch, tokenize
 
 
 def causal_context_end(llm_config, tokenized_contexts) -> int:
-    """Position of the last context token in a causal minibatch (where the answer starts)."""
-    return 0 if llm_config.get("pre_encode_inputs", False) else len(tokenized_contexts[0]["input_ids"])
+    """Position of the last context token in a causal minibatch (where the answer starts).
+
+    Contexts must share one length: an updater calling the LLM module directly must pass
+    `pad_contexts=True` (the handler's default is False, the Caller's True), else the answer of
+    every context but the first would be read at the wrong position."""
+    if llm_config.get("pre_encode_inputs", False):
+        return 0
+    lengths = {len(c["input_ids"]) for c in tokenized_contexts}
+    if len(lengths) > 1:
+        raise ValueError(f"causal contexts of different lengths {sorted(lengths)} in one minibatch: call the LLM "
+                         f"module with pad_contexts=True")
+    return lengths.pop()
 
 
 def _pad(ids, mask, size, pad_token, right=True):

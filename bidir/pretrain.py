@@ -77,7 +77,7 @@ class BehaviourCloningUpdater(BaseUpdater):
         for start in range(0, len(contexts), kwargs["batch_size"]):
             stop = start + kwargs["batch_size"]
             outputs = self._llm_module(["score"], contexts=contexts[start:stop], candidates=candidates[start:stop],
-                                       require_grad=True)
+                                       require_grad=True, pad_contexts=True)
             scores = torch.stack([o["score"] for o in outputs])
             loss = torch.nn.functional.cross_entropy(scores, targets[start:stop])
             self.optimizer.zero_grad()

@@ -165,8 +165,8 @@ class TeacherPPOUpdater(BaseUpdater):
         """(policy loss, value loss, entropy) on the rows `piece`. BabyAI prompts repeat: one
         forward per distinct prompt, gathered back per row."""
         distinct, rows_of = np.unique([contexts[i] for i in piece], return_inverse=True)
-        outputs = self._llm_module(["score", "value"], contexts=list(distinct),
-                                   candidates=[instructions] * len(distinct), require_grad=True)
+        outputs = self._llm_module(["score", "value"], contexts=list(distinct), candidates=[instructions] * len(distinct),
+                                   require_grad=True, pad_contexts=True)  # causal: one context end per minibatch
         dist = torch.distributions.Categorical(logits=torch.stack([o["score"] for o in outputs])[rows_of])
         values = torch.stack([o["value"][0, 0] for o in outputs])[rows_of]
         d = {k: v[piece] for k, v in data.items()}
