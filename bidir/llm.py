@@ -17,7 +17,9 @@ Lamorel v0.3 behaviours mirrored on purpose (module functions written for Lamore
   and dropped, as Lamorel's Caller does not forward them to the server;
 - `update` gives the updater `_current_batch_ids` and returns one result per LLM process.
 Where Lamorel v0.3 fails (built-in `__score` on causal models, causal `pre_encode_inputs` on
-transformers 5), LocalCaller computes what Lamorel intends; see `LocalLLM.forward`.
+transformers 5), LocalCaller computes what Lamorel intends; see `LocalLLM.forward`. One deliberate
+change on both backends: causal models number positions over attended tokens only, so left
+padding does not shift a prompt's positions (`count_positions_over_attended_tokens`).
 """
 from __future__ import annotations
 
