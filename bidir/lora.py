@@ -77,6 +77,9 @@ def load_trainable_state(module: torch.nn.Module, state: dict[str, torch.Tensor]
     """Loads what `trainable_state` saved; a LoRA checkpoint must cover every trainable tensor and
     nothing else (a full checkpoint loads strictly)."""
     if not has_frozen_parameters(module):
+        if any("lora_" in name for name in state):
+            raise ValueError("teacher checkpoint holds a LoRA adapter but this teacher has none: set "
+                             "lamorel_args.llm_configs.main_llm.lora.enabled=true (with the run's lora settings)")
         module.load_state_dict(state, strict=True)
         return
     expected = {name for name, p in module.named_parameters() if p.requires_grad}
