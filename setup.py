@@ -26,7 +26,7 @@ setup(
     extras_require={
         "lamorel": ["lamorel @ git+https://github.com/flowersteam/lamorel.git@v0.3#subdirectory=lamorel", "peft"],
         "lora": ["peft"],
-        "test": ["pytest"],
+        "test": ["pytest", "peft"],  # peft: the LoRA teacher's tests run in CI too
     },
     entry_points={
         "console_scripts": [

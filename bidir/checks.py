@@ -60,7 +60,7 @@ def check_config(config: DictConfig):
     from bidir.envs import instruction_actions, make_text_env
     from bidir.llm import under_lamorel_launcher
     from bidir.methods import get_method
-    from bidir.teacher_model import resolve_model_path
+    from bidir.teacher_model import check_llm_config, resolve_model_path
 
     check_types(config)
     check_ranges(config)
@@ -85,6 +85,10 @@ def check_config(config: DictConfig):
             llm.model_path = resolve_model_path(llm.model_path)
         except (ValueError, OSError) as error:
             raise UsageError(f"{MODEL_PATH}: {error}") from None
+        try:
+            check_llm_config(llm)
+        except (ValueError, OSError) as error:
+            raise UsageError(str(error)) from None
     if config.wandb.mode == "online":
         check_wandb_login()
     check_resumable(config)

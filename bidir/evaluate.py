@@ -139,7 +139,7 @@ def restore(config, checkpoint: Path):
         caller = LocalCaller(config.lamorel_args,
                              custom_module_functions={"main_llm": teacher_module_functions(args.seed)},
                              custom_model_initializer={"main_llm": TeacherInitializer(
-                                 str(saved) if saved.exists() else None)})
+                                 str(saved) if saved.exists() else None, seed=args.seed)})
         teacher = Teacher(caller, list(args.instructions))
     return student, teacher
 

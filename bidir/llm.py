@@ -17,7 +17,9 @@ Lamorel v0.3 behaviours mirrored on purpose (module functions written for Lamore
   and dropped, as Lamorel's Caller does not forward them to the server;
 - `update` gives the updater `_current_batch_ids` and returns one result per LLM process.
 Where Lamorel v0.3 fails (built-in `__score` on causal models, causal `pre_encode_inputs` on
-transformers 5), LocalCaller computes what Lamorel intends; see `LocalLLM.forward`.
+transformers 5), LocalCaller computes what Lamorel intends; see `LocalLLM.forward`. One deliberate
+change on both backends: causal models number positions over attended tokens only, so left
+padding does not shift a prompt's positions (`count_positions_over_attended_tokens`).
 """
 from __future__ import annotations
 
@@ -110,8 +112,18 @@ def candidate_logits_and_tokens(llm_config, forward_outputs, minibatch, tokenize
 
 
 def causal_context_end(llm_config, tokenized_contexts) -> int:
-    """Position of the last context token in a causal minibatch (where the answer starts)."""
-    return 0 if llm_config.get("pre_encode_inputs", False) else len(tokenized_contexts[0]["input_ids"])
+    """Position of the last context token in a causal minibatch (where the answer starts).
+
+    Contexts must share one length: an updater calling the LLM module directly must pass
+    `pad_contexts=True` (the handler's default is False, the Caller's True), else the answer of
+    every context but the first would be read at the wrong position."""
+    if llm_config.get("pre_encode_inputs", False):
+        return 0
+    lengths = {len(c["input_ids"]) for c in tokenized_contexts}
+    if len(lengths) > 1:
+        raise ValueError(f"causal contexts of different lengths {sorted(lengths)} in one minibatch: call the LLM "
+                         f"module with pad_contexts=True")
+    return lengths.pop()
 
 
 def _pad(ids, mask, size, pad_token, right=True):
@@ -152,6 +164,8 @@ class LocalLLM(torch.nn.Module):
         self.model_type = llm_config.model_type
         self.main_device = device
         self._LLM_model, self._LLM_tokenizer = _load_model_and_tokenizer(llm_config, device)
+        if self.model_type == "causal":
+            count_positions_over_attended_tokens(self._LLM_model)
         self._scoring_minibatch_size = llm_config.get("minibatch_size", 64)
         self._pre_encode_inputs = bool(llm_config.get("pre_encode_inputs", False))
         if self._LLM_tokenizer.pad_token is not None:
@@ -529,12 +543,33 @@ class LocalCaller:
             del self._models[name], self._updaters[name]
 
 
+def count_positions_over_attended_tokens(hf_model):
+    """Causal LMs: when no `position_ids` are given, number positions over the attended tokens only
+    (as `generate` does), so a left-padded context gets the positions it has alone.
+
+    Lamorel v0.3 left-pads causal contexts to one length and passes no position ids; the model then
+    counts pads as positions, and a prompt's scores depend on the longest prompt in its minibatch
+    (by up to 5e-2 in log-prob on a tiny GPT-2). Installed on the model's forward by both backends.
+    """
+    original_forward = hf_model.forward
+
+    def forward(*args, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+        if position_ids is None and attention_mask is not None and input_ids is not None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
+        return original_forward(*args, input_ids=input_ids, attention_mask=attention_mask,
+                                position_ids=position_ids, **kwargs)
+
+    hf_model.forward = forward
+    return hf_model
+
+
 class LamorelCompat(BaseModelInitializer):
     """Lets Lamorel v0.3's hf_llm handler call transformers 5 models, then applies `inner` (if any).
 
     Lamorel passes `output_hidden_states=torch.tensor(True)` to the model whenever a custom
     module function is called; transformers 5 iterates that flag and fails. The model's forward
-    is wrapped to turn a tensor flag into a bool. `make_caller` installs this under Lamorel.
+    is wrapped to turn a tensor flag into a bool, and causal models count positions as LocalLLM
+    does (`count_positions_over_attended_tokens`). `make_caller` installs this under Lamorel.
     """
 
     def __init__(self, inner=None):
@@ -551,6 +586,8 @@ class LamorelCompat(BaseModelInitializer):
             return original_forward(*args, output_hidden_states=output_hidden_states, **kwargs)
 
         hf_model.forward = forward
+        if model.model_type == "causal":
+            count_positions_over_attended_tokens(hf_model)
         if self.inner is None:
             return model
         self.inner.llm_config, self.inner.model_config = self.llm_config, self.model_config

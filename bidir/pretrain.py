@@ -19,7 +19,8 @@ from tqdm import tqdm
 from bidir.agent import PromptHistory
 from bidir.envs import INSTRUCTIONS, instruction_actions, make_text_env
 from bidir.llm import BaseUpdater, make_caller
-from bidir.teacher import teacher_module_functions
+from bidir.lora import LORA_DEFAULTS, trainable_parameters
+from bidir.teacher import TeacherInitializer, teacher_module_functions
 
 log = logging.getLogger("bidir")
 
@@ -59,7 +60,8 @@ class BehaviourCloningUpdater(BaseUpdater):
     """Cross-entropy of the bot's instruction under pi_T (softmax over candidate log-probs).
 
     Keyword arguments: targets (tensor over all contexts), lr, batch_size; `save_pretrained_to`
-    writes the LLM as a Hugging Face model directory instead of training."""
+    writes the LLM as a Hugging Face model directory instead of training (a LoRA teacher writes
+    its adapter only: peft's adapter_config.json and weights, plus the tokenizer)."""
 
     def perform_update(self, contexts, candidates, _current_batch_ids, **kwargs):
         """One pass over this server's share of the data; returns the mean loss and accuracy."""
@@ -69,13 +71,13 @@ class BehaviourCloningUpdater(BaseUpdater):
             module._LLM_tokenizer.save_pretrained(kwargs["save_pretrained_to"])
             return {}
         if not hasattr(self, "optimizer"):
-            self.optimizer = torch.optim.Adam(self._llm_module.parameters(), lr=kwargs["lr"])
+            self.optimizer = torch.optim.Adam(trainable_parameters(self._llm_module), lr=kwargs["lr"])
         targets = torch.as_tensor(kwargs["targets"])[torch.as_tensor(_current_batch_ids["contexts"])]
         losses, correct = [], 0
         for start in range(0, len(contexts), kwargs["batch_size"]):
             stop = start + kwargs["batch_size"]
             outputs = self._llm_module(["score"], contexts=contexts[start:stop], candidates=candidates[start:stop],
-                                       require_grad=True)
+                                       require_grad=True, pad_contexts=True)
             scores = torch.stack([o["score"] for o in outputs])
             loss = torch.nn.functional.cross_entropy(scores, targets[start:stop])
             self.optimizer.zero_grad()
@@ -88,21 +90,27 @@ class BehaviourCloningUpdater(BaseUpdater):
 
 def pretrain(model_path: str, output: Path, levels=PRETRAIN_LEVELS, episodes_per_level: int = 100,
              epochs: int = 20, lr: float = 1e-3, batch_size: int = 64, seed: int = 0, prompt_history: int = 1,
-             model_type: str = "seq2seq", device: str = "cpu") -> Path:
-    """Clones the bot into the teacher at `model_path` and writes the result to `output`."""
-    from bidir.teacher_model import resolve_model_path
+             model_type: str | None = None, device: str = "cpu", lora: dict | None = None) -> Path:
+    """Clones the bot into the teacher at `model_path` and writes the result to `output`: a full model,
+    or with `lora` (keys of bidir.lora.LORA_DEFAULTS, enabled implied) a LoRA adapter for that model.
+    `model_type` None: read from the model's config."""
+    from bidir.teacher_model import model_type_of, resolve_model_path
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     prompts, targets = bot_demonstrations(levels, episodes_per_level, seed, prompt_history)
     log.info("%d demonstration steps from %s", len(prompts), ", ".join(levels))
+    model_path = resolve_model_path(model_path)
+    model_type = model_type or model_type_of(model_path)
+    lora = {**LORA_DEFAULTS, **(lora or {}), "enabled": True} if lora is not None else {"enabled": False}
     config = OmegaConf.create({"llm_configs": {"main_llm": {
-        "handler": "hf_llm", "model_type": model_type, "model_path": resolve_model_path(model_path),
+        "handler": "hf_llm", "model_type": model_type, "model_path": model_path, "lora": lora,
         "pretrained": True, "minibatch_size": 1024, "pre_encode_inputs": False, "constructor_kwargs": None,
         "load_in_4bit": False, "synchronize_gpus_after_scoring": False, "empty_cuda_cache_after_scoring": False}},
         "distributed_setup_args": {"llm_processes": {"main_llm": {"n_processes": 1, "devices_per_process": [device]}}}})
     caller = make_caller(config, custom_updater={"main_llm": BehaviourCloningUpdater()},
-                         custom_module_functions={"main_llm": teacher_module_functions(seed)})
+                         custom_module_functions={"main_llm": teacher_module_functions(seed)},
+                         custom_model_initializer={"main_llm": TeacherInitializer(None, seed)})
     candidates = [list(INSTRUCTIONS)] * len(prompts)
     bar = tqdm(range(epochs), desc="pretrain", unit="epoch")
     for _ in bar:
@@ -121,8 +129,8 @@ def add_pretrain_command(subparsers):
     parser = subparsers.add_parser("pretrain", help="behavioural cloning of a teacher on the BabyAI bot")
     parser.add_argument("--model", default="tiny-t5", help="teacher to start from: hub id, local model directory "
                         "or a built-in name (default: tiny-t5, untrained)")
-    parser.add_argument("--model-type", default="seq2seq", choices=["seq2seq", "causal"],
-                        help="seq2seq (T5 family, default) or causal (decoder-only) model")
+    parser.add_argument("--model-type", choices=["seq2seq", "causal"],
+                        help="seq2seq (T5 family) or causal (decoder-only); default: read from the model's config")
     parser.add_argument("--output", type=Path, required=True, help="model directory to write")
     parser.add_argument("--levels", nargs="+", default=list(PRETRAIN_LEVELS),
                         help="BabyAI levels the bot demonstrates (default: %(default)s)")
@@ -138,6 +146,13 @@ def add_pretrain_command(subparsers):
                         help="seed of demonstrations and training (default: %(default)s)")
     parser.add_argument("--device", default="cpu",
                         help="torch device of the teacher, e.g. cpu or cuda:0 (default: %(default)s)")
+    parser.add_argument("--lora", action="store_true",
+                        help="train and write a LoRA adapter (use it as lora.adapter_path) instead of the whole model")
+    parser.add_argument("--lora-r", type=int, default=LORA_DEFAULTS["r"], help="LoRA rank (default: %(default)s)")
+    parser.add_argument("--lora-alpha", type=float, default=LORA_DEFAULTS["alpha"],
+                        help="LoRA scaling alpha (default: %(default)s)")
+    parser.add_argument("--lora-target-modules", nargs="+", help="modules to adapt (default: peft's for the model family)")
     parser.set_defaults(func=lambda a: print(pretrain(
         a.model, a.output, a.levels, a.episodes_per_level, a.epochs, a.lr, a.batch_size, a.seed,
-        a.prompt_history, a.model_type, a.device)))
+        a.prompt_history, a.model_type, a.device,
+        {"r": a.lora_r, "alpha": a.lora_alpha, "target_modules": a.lora_target_modules} if a.lora else None)))

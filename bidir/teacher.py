@@ -17,6 +17,7 @@ import torch
 
 from bidir.llm import (BaseModelInitializer, BaseModuleFunction, BaseUpdater, candidate_logits_and_tokens,
                        causal_context_end)
+from bidir.lora import add_lora, load_trainable_state, lora_settings, trainable_parameters, trainable_state
 from bidir.ppo import policy_loss, value_loss
 
 TEACHER_CHECKPOINT = "teacher.pt"
@@ -65,8 +66,7 @@ class TeacherValueHead(BaseModuleFunction):
     def initialize(self):
         """Builds the head on the server's device, sized to the LLM's hidden state. Its own seed
         makes the head the same on every server and backend, whatever their RNG state."""
-        config = self.model_config.to_dict()
-        hidden = config.get("hidden_size") or config.get("d_model")
+        hidden = hidden_size(self.model_config)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.head = torch.nn.Sequential(
@@ -81,19 +81,30 @@ class TeacherValueHead(BaseModuleFunction):
         return self.head(state.float().to(self.device)).cpu()
 
 
-class TeacherInitializer(BaseModelInitializer):
-    """Loads a teacher checkpoint (LLM and value head) into the freshly built model, if given."""
+def hidden_size(model_config) -> int:
+    """Width of the LLM's hidden states, whatever the family calls it (T5 d_model, GPT-2 n_embd,
+    Llama/Qwen2 hidden_size): transformers maps them all to the text config's `hidden_size`."""
+    return model_config.get_text_config().hidden_size
 
-    def __init__(self, checkpoint: str | None):
+
+class TeacherInitializer(BaseModelInitializer):
+    """Adds the LoRA adapter when the LLM config asks for one (`lora.enabled`, see bidir/lora.py),
+    then loads a teacher checkpoint (LLM or adapter, and value head), if given."""
+
+    def __init__(self, checkpoint: str | None, seed: int = 0):
         super().__init__()
         self.checkpoint = checkpoint
+        self.seed = seed
 
     def initialize_model(self, model):
-        """Restores the weights saved by TeacherPPOUpdater; the model is returned unchanged
-        when there is no checkpoint."""
+        """Returns the model with its adapter and the weights saved by TeacherPPOUpdater; unchanged
+        for a full fine-tune without checkpoint."""
+        settings = lora_settings(self.llm_config)
+        if settings["enabled"]:
+            model = add_lora(model, settings, self.seed)
         if self.checkpoint:
             state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-            model.load_state_dict(state["model"], strict=True)
+            load_trainable_state(model, state["model"])
         return model
 
 
@@ -109,19 +120,21 @@ class TeacherPPOUpdater(BaseUpdater):
     advantages, returns, ppo (bool), imitation (weights) (tensors over all contexts), lr, epochs,
     minibatches (count per epoch), gradient_batch_size, clip_eps, entropy_coef, value_loss_coef,
     imitation_coef, max_grad_norm; `save_to` (write a checkpoint after the update) and
-    `resume_from` (optimizer state to load first)."""
+    `resume_from` (optimizer state to load first). Only parameters that require gradients train
+    (all of them, or a LoRA adapter + the value head), and only those are checkpointed when part
+    of the LLM is frozen."""
 
     def perform_update(self, contexts, candidates, _current_batch_ids, **kwargs):
         """Runs the PPO epochs on this server's share and returns mean losses."""
         module = getattr(self._llm_module, "module", self._llm_module)  # DDP under Lamorel
         if not hasattr(self, "optimizer"):
-            self.optimizer = torch.optim.Adam(self._llm_module.parameters(), lr=kwargs["lr"])
+            self.optimizer = torch.optim.Adam(trainable_parameters(self._llm_module), lr=kwargs["lr"])
             if kwargs.get("resume_from") and os.path.exists(kwargs["resume_from"]):
                 state = torch.load(kwargs["resume_from"], map_location="cpu", weights_only=True)
                 self.optimizer.load_state_dict(state["optimizer"])
         losses = self._ppo(contexts, candidates, _current_batch_ids, kwargs) if contexts else {}
         if kwargs.get("save_to") and all(math.isfinite(v) for v in losses.values()):
-            _save_atomically({"model": module.state_dict(), "optimizer": self.optimizer.state_dict()},
+            _save_atomically({"model": trainable_state(module), "optimizer": self.optimizer.state_dict()},
                              kwargs["save_to"])
         return losses
 
@@ -158,8 +171,8 @@ class TeacherPPOUpdater(BaseUpdater):
         """(policy loss, value loss, entropy, imitation loss) on the rows `piece`. BabyAI prompts
         repeat: one forward per distinct prompt, gathered back per row."""
         distinct, rows_of = np.unique([contexts[i] for i in piece], return_inverse=True)
-        outputs = self._llm_module(["score", "value"], contexts=list(distinct),
-                                   candidates=[instructions] * len(distinct), require_grad=True)
+        outputs = self._llm_module(["score", "value"], contexts=list(distinct), candidates=[instructions] * len(distinct),
+                                   require_grad=True, pad_contexts=True)  # causal: one context end per minibatch
         dist = torch.distributions.Categorical(logits=torch.stack([o["score"] for o in outputs])[rows_of])
         values = torch.stack([o["value"][0, 0] for o in outputs])[rows_of]
         d = {k: v[piece] for k, v in data.items()}

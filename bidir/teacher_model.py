@@ -5,7 +5,12 @@ locally from a fixed vocabulary that covers every BabyAI mission, every BabyAI-T
 the student's instructions and the teacher prompt. It is saved with `save_pretrained`, so
 transformers' Auto classes and Lamorel load it by path like any hub model.
 
-CLI: `bidir-teacher build --output DIR [--seed N]`, `bidir-teacher pretrain --output DIR ...`.
+Other shapes (`SHAPES`: tiny GPT-2 and Qwen2 test models, and the published flan-t5-small/base,
+gpt2, SmolLM-135M and Qwen2-0.5B architectures with random weights) are built the same way, for
+tests and for speed and memory work where no hub is reachable.
+
+CLI: `bidir-teacher build --output DIR [--shape NAME] [--seed N]`, `bidir-teacher build --list`,
+`bidir-teacher pretrain --output DIR ...`.
 """
 from __future__ import annotations
 
@@ -90,23 +95,106 @@ def tiny_t5_config(vocab_size: int):
                     pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 
 
-def build_tiny_t5(path, seed: int = 0) -> Path:
-    """Build the offline teacher (random T5 + word-level tokenizer) into `path`; same seed, same weights."""
+def _t5(vocab_size, d_model, d_ff, layers, heads, buckets=32, distance=128, tied=False, dropout=0.1):
+    from transformers import T5Config
+
+    return T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=64 if d_model > 64 else 16, d_ff=d_ff,
+                    num_layers=layers, num_decoder_layers=layers, num_heads=heads,
+                    relative_attention_num_buckets=buckets, relative_attention_max_distance=distance,
+                    dropout_rate=dropout, feed_forward_proj="gated-gelu", tie_word_embeddings=tied,
+                    pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+
+
+def _gpt2(vocab_size, n_embd, layers, heads, positions=1024, dropout=0.1):
+    from transformers import GPT2Config
+
+    return GPT2Config(vocab_size=vocab_size, n_positions=positions, n_embd=n_embd, n_layer=layers, n_head=heads,
+                      resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+                      bos_token_id=1, eos_token_id=1, pad_token_id=0)
+
+
+def _llama_like(family, vocab_size, hidden, intermediate, layers, heads, kv_heads, positions, rope_theta, eps):
+    from transformers import LlamaConfig, Qwen2Config
+
+    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[family]
+    return config_class(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
+                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                        max_position_embeddings=positions, rope_theta=rope_theta, rms_norm_eps=eps,
+                        tie_word_embeddings=True, bos_token_id=1, eos_token_id=1, pad_token_id=0)
+
+
+# name: (model_type, config builder taking the word-level vocabulary's size). Published shapes keep
+# their real vocabulary size (the embedding and LM head cost what they cost in the real model); the
+# bidir tokenizer's ids all fall inside it. Parameter counts: `bidir-teacher build --list`.
+SHAPES = {
+    OFFLINE_TEACHER: ("seq2seq", lambda v: tiny_t5_config(v)),
+    "tiny-gpt2": ("causal", lambda v: _gpt2(v, 32, 2, 4, positions=256, dropout=0.0)),
+    "tiny-qwen2": ("causal", lambda v: _llama_like("qwen2", v, 32, 64, 2, 4, 2, 256, 10000.0, 1e-6)),
+    "flan-t5-small": ("seq2seq", lambda v: _t5(32128, 512, 1024, 8, 6)),          # google/flan-t5-small, 77M
+    "flan-t5-base": ("seq2seq", lambda v: _t5(32128, 768, 2048, 12, 12)),         # google/flan-t5-base, 248M
+    "gpt2": ("causal", lambda v: _gpt2(50257, 768, 12, 12)),                       # openai-community/gpt2, 124M
+    "smollm-135m": ("causal", lambda v: _llama_like("llama", 49152, 576, 1536, 30, 9, 3, 2048, 10000.0, 1e-5)),
+    "qwen2-0.5b": ("causal", lambda v: _llama_like("qwen2", 151936, 896, 4864, 24, 14, 2, 32768, 1e6, 1e-6)),
+}
+"""Architectures `bidir-teacher build --shape` makes with random weights: bidir's own tiny test
+models (word-level vocabulary) and published shapes (HuggingFaceTB/SmolLM-135M is Llama-shaped,
+Qwen/Qwen2-0.5B and Qwen2.5-0.5B share one shape) for speed and memory work without a hub."""
+BUILT_IN = (OFFLINE_TEACHER, "tiny-gpt2", "tiny-qwen2")
+"""Shapes that `model_path` may name directly: built once into the cache directory on first use."""
+
+
+def shape_config(shape: str):
+    """The transformers config of a shape (KeyError naming the known ones otherwise)."""
+    if shape not in SHAPES:
+        raise KeyError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+    return SHAPES[shape][1](len(babyai_vocabulary()))
+
+
+def shape_parameters(shape: str) -> int:
+    """Parameter count of a shape, without allocating its weights."""
     import torch
-    from transformers import T5ForConditionalGeneration
+
+    with torch.device("meta"):
+        model = _model_class(SHAPES[shape][0]).from_config(shape_config(shape))
+    return sum(p.numel() for p in model.parameters())
+
+
+def _model_class(model_type: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    return {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}[model_type]
+
+
+def build_model(path, shape: str = OFFLINE_TEACHER, seed: int = 0) -> Path:
+    """Build a randomly initialised model of `shape` with bidir's word-level tokenizer into `path`
+    (save_pretrained: transformers' Auto classes and Lamorel load it by path). Same seed, same weights."""
+    import torch
 
     path = Path(path).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    gen = torch.random.fork_rng()
-    with gen:
+    config, model_type = shape_config(shape), SHAPES[shape][0]
+    with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = T5ForConditionalGeneration(tiny_t5_config(len(tokenizer)))
+        model = _model_class(model_type).from_config(config)
     model.generation_config.max_new_tokens = 8
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    logger.info("built %s (%d parameters) in %s", OFFLINE_TEACHER, sum(p.numel() for p in model.parameters()), path)
+    logger.info("built %s (%s, %d parameters) in %s", shape, model_type,
+                sum(p.numel() for p in model.parameters()), path)
     return path
+
+
+def build_tiny_t5(path, seed: int = 0) -> Path:
+    """Build the offline teacher (random T5 + word-level tokenizer) into `path`; same seed, same weights."""
+    return build_model(path, OFFLINE_TEACHER, seed)
+
+
+def model_type_of(path) -> str:
+    """`seq2seq` or `causal`, from a model directory's (or hub id's) config."""
+    from transformers import AutoConfig
+
+    return "seq2seq" if AutoConfig.from_pretrained(path, trust_remote_code=True).is_encoder_decoder else "causal"
 
 
 def default_cache_dir() -> Path:
@@ -131,17 +219,18 @@ def _looks_local(name_or_path: str) -> bool:
 def resolve_model_path(name_or_path: str, cache_dir=None) -> str:
     """Turn a model name into something `from_pretrained` (and Lamorel) can load, or fail fast.
 
-    - `tiny-t5`: built once into `<cache_dir>/tiny-t5` (default `default_cache_dir()`) and reused;
+    - a built-in name (`tiny-t5`, `tiny-gpt2`, `tiny-qwen2`): built once into `<cache_dir>/<name>`
+      (default `default_cache_dir()`) and reused;
     - an existing directory: checked for config.json and tokenizer files;
     - another local-looking path (starts with / . ~, or exists but is no directory): ValueError;
     - otherwise a hub id: its config must be fetchable within seconds (local HF cache first),
       else ValueError naming the offline choice.
     """
-    if name_or_path == OFFLINE_TEACHER:
+    if name_or_path in BUILT_IN:
         target = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        target = target / OFFLINE_TEACHER
+        target = target / name_or_path
         if _missing_files(target):
-            _build_atomically(target)
+            _build_atomically(target, name_or_path)
         return str(target)
     if name_or_path == PRETRAINED_OFFLINE_TEACHER:
         shipped = ASSETS / PRETRAINED_OFFLINE_TEACHER
@@ -163,11 +252,32 @@ def resolve_model_path(name_or_path: str, cache_dir=None) -> str:
     return _resolve_hub_id(name_or_path)
 
 
-def _build_atomically(target: Path):
-    """Builds tiny-t5 beside `target` and renames it into place: several processes (Lamorel's)
-    may resolve the name at once, and none may load a half-written directory."""
+def check_llm_config(llm_config, key: str = "lamorel_args.llm_configs.main_llm") -> None:
+    """Fails fast (ValueError, naming the override to use) when `model_type` does not match the
+    resolved model's architecture, when causal pre-encoding is asked under lamorel_launcher (Lamorel
+    v0.3's fails on transformers 5), or when the lora block is malformed or peft is missing."""
+    from bidir.llm import under_lamorel_launcher
+    from bidir.lora import lora_settings
+
+    actual = model_type_of(llm_config.model_path)
+    if llm_config.model_type != actual:
+        raise ValueError(f"{llm_config.model_path} is a {actual} model but model_type is "
+                         f"{llm_config.model_type!r}: set {key}.model_type={actual}")
+    if actual == "causal" and llm_config.get("pre_encode_inputs") and under_lamorel_launcher():
+        raise ValueError(f"Lamorel v0.3 cannot pre-encode causal contexts on transformers 5: set "
+                         f"{key}.pre_encode_inputs=false")
+    if lora_settings(llm_config)["enabled"]:
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            raise ValueError(f"{key}.lora.enabled needs peft: pip install peft (or the [lora] extra)") from None
+
+
+def _build_atomically(target: Path, shape: str = OFFLINE_TEACHER):
+    """Builds a built-in model beside `target` and renames it into place: several processes
+    (Lamorel's) may resolve the name at once, and none may load a half-written directory."""
     staging = target.with_name(f".{target.name}.{os.getpid()}")
-    build_tiny_t5(staging)
+    build_model(staging, shape)
     try:
         os.replace(staging, target)
     except OSError:  # another process finished first; its copy is identical
@@ -197,12 +307,21 @@ def _resolve_hub_id(repo_id: str, timeout_s: float = 5.0) -> str:
 
 
 def _cmd_build(args) -> None:
-    print(build_tiny_t5(args.output, seed=args.seed))
+    if args.list:
+        for shape, (model_type, _) in SHAPES.items():
+            print(f"{shape:14s} {model_type:8s} {shape_parameters(shape) / 1e6:8.2f}M parameters")
+        return
+    if not args.output:
+        raise SystemExit("bidir-teacher build: error: --output is required (or --list)")
+    print(build_model(args.output, args.shape, seed=args.seed))
 
 
 def _add_build(subparsers) -> None:
-    p = subparsers.add_parser("build", help=f"build the offline teacher ({OFFLINE_TEACHER}) into a directory")
-    p.add_argument("--output", required=True, help="directory to write model and tokenizer into")
+    p = subparsers.add_parser("build", help="build a randomly initialised teacher of a given shape into a directory")
+    p.add_argument("--output", help="directory to write model and tokenizer into")
+    p.add_argument("--shape", default=OFFLINE_TEACHER, choices=list(SHAPES),
+                   help=f"architecture (default {OFFLINE_TEACHER}, the offline teacher)")
+    p.add_argument("--list", action="store_true", help="list the shapes with their parameter counts")
     p.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     p.set_defaults(func=_cmd_build)
 

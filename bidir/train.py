@@ -409,7 +409,8 @@ def start_teacher_llm(config: DictConfig, checkpoint: Path | None):
         custom_updater={"main_llm": TeacherPPOUpdater()} if method.teacher_learns else {},
         custom_module_functions={"main_llm": teacher_module_functions(config.rl_script_args.seed)},
         custom_model_initializer={"main_llm": TeacherInitializer(
-            str(teacher_checkpoint) if teacher_checkpoint and teacher_checkpoint.exists() else None)})
+            str(teacher_checkpoint) if teacher_checkpoint and teacher_checkpoint.exists() else None,
+            seed=config.rl_script_args.seed)})
     if not method.teacher:  # the launcher started LLM servers anyway: release them
         caller.close()
         return None

@@ -103,6 +103,19 @@ def test_seq2seq_scores_match_transformers(t5_path, pre_encode_inputs, minibatch
 
 @pytest.mark.parametrize("pre_encode_inputs", [False, True])
 @pytest.mark.parametrize("minibatch_size", [2, 64])
+def test_left_padded_causal_contexts_score_as_if_alone(gpt2_path, pre_encode_inputs, minibatch_size):
+    """Contexts of different lengths are left-padded together; positions count attended tokens only
+    (llm.count_positions_over_attended_tokens), so each scores as in its own unpadded forward."""
+    caller = LocalCaller(lamorel_args(gpt2_path, "causal", minibatch_size, pre_encode_inputs),
+                         custom_module_functions={"main_llm": {"logprob": LogProb()}})
+    expected = reference_logprobs(gpt2_path, "causal", CONTEXTS, CANDIDATES)
+    out = caller.custom_module_fns(["logprob"], contexts=CONTEXTS, candidates=CANDIDATES)
+    for o, e in zip(out, expected):
+        torch.testing.assert_close(o["logprob"], e, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pre_encode_inputs", [False, True])
+@pytest.mark.parametrize("minibatch_size", [2, 64])
 def test_causal_scores_match_transformers(gpt2_path, pre_encode_inputs, minibatch_size):
     caller = LocalCaller(lamorel_args(gpt2_path, "causal", minibatch_size, pre_encode_inputs),
                          custom_module_functions={"main_llm": {"logprob": LogProb()}})
