@@ -3,12 +3,13 @@ critique").
 
 The student's critic has seen far more of the environment than the teacher's value head, so its
 advantage A_S(t) says how much better the action taken at step t turned out than the student
-expected. That judgement reaches the teacher in two ways, one per kind of step:
+expected. That judgement can reach the teacher in two ways, one per kind of step:
 
-- executed steps (the teacher's instruction was carried out): the teacher's PPO advantage for the
-  instruction is A_S(t), normalised, instead of the teacher's own GAE over V_T;
-- student steps (the student chose): where A_S(t) > 0 the teacher imitates the student's action,
-  weighted by A_S(t), so the teacher keeps learning from its student after it stops acting.
+- student steps (the student chose; on by default): where A_S(t) > 0 the teacher imitates the
+  student's action, weighted by A_S(t), so the teacher keeps learning from its student after it
+  stops acting;
+- executed steps (the teacher's instruction was carried out; off by default, measured no help):
+  the teacher's PPO advantage for the instruction is A_S(t), normalised, instead of its own GAE.
 
 Without a critique the teacher's PPO uses its own GAE on executed steps and nothing else.
 """
