@@ -473,6 +473,7 @@ def train(config: DictConfig) -> Path:
         for staged in staging_root.glob("iter_*.tmp"):  # an iteration cut short: never resumed from, so drop it
             shutil.rmtree(staged, ignore_errors=True)
     if stop.received:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopping already: another Ctrl-C would only break the exit
         print(f"bidir: stopped by {signal.Signals(stop.received).name} at iteration {trainer.iteration} "
               f"(checkpointed); rerun the same command to resume {output_dir}", file=sys.stderr)
         if caller:
@@ -526,6 +527,7 @@ def hydra_main(config: DictConfig):
         print(f"bidir: error: {error}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopping already: another Ctrl-C would only break the exit
         print(f"bidir: interrupted; complete checkpoints stay in {config.rl_script_args.output_dir}: rerun the "
               f"same command to resume", file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT_CODE)
