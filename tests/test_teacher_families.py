@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+from bidir.evaluate import load_run, restore
 from bidir.llm import LocalCaller
 from bidir.teacher import (TEACHER_CHECKPOINT, Teacher, TeacherInitializer, TeacherPPOUpdater, build_prompt,
                            hidden_size, teacher_module_functions)
@@ -187,6 +188,9 @@ def test_resumed_lora_run_equals_uninterrupted_run(tmp_path, shape):
     assert strip(read_rows(split / "metrics.csv")) == strip(read_rows(whole / "metrics.csv"))
     saved = torch.load(split / "checkpoints" / "iter_000004" / TEACHER_CHECKPOINT, weights_only=True)["model"]
     assert saved and all("lora_" in k or k.startswith("_module_functions.") for k in saved)
+    _, teacher = restore(*load_run(split))  # bidir-eval's path: the adapter checkpoint loads into a LoRA teacher
+    probs, _ = teacher.advise(PROMPTS)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-9)
 
 
 def test_model_type_mismatch_is_reported_with_the_override(models):
