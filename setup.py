@@ -17,7 +17,7 @@ setup(
         "minigrid>=3.0,<4",
         "gymnasium>=1.0",
         "numpy",
-        "wandb",
+        "wandb>=0.31",  # wandb.login(prompt=False): a credentials check without a prompt
         "tqdm",
         "matplotlib",
         "tokenizers",

@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_module
 
 from bidir.train import train
 
-PHASES = ["env", "teacher_scoring", "student_forward", "critique", "student_update", "teacher_update"]
+PHASES = ["env", "teacher_scoring", "student_forward", "student_update", "teacher_update"]
 MODEL_PHASES = {"teacher_scoring", "student_forward", "student_update", "teacher_update"}
 
 

@@ -74,6 +74,15 @@ def student_inputs(obs: dict, missions: list[str], instruction: np.ndarray, prob
     )
 
 
+def behaviour_logprob(student_probs: np.ndarray, action: np.ndarray, instruction: np.ndarray,
+                      teacher_acts: float) -> np.ndarray:
+    """log mu(a | s, m) of the acting mixture: the teacher's instruction is executed with
+    probability eps (`teacher_acts`), otherwise the student samples from pi_S, so
+    mu(a) = eps * [a == instruction] + (1 - eps) * pi_S(a). The student's PPO ratio uses it."""
+    chosen = student_probs[np.arange(len(action)), action]
+    return np.log(teacher_acts * (action == instruction) + (1.0 - teacher_acts) * chosen).astype(np.float32)
+
+
 def sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One index per row of a (n, k) probability matrix."""
     cumulative = probs.cumsum(axis=1)

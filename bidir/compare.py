@@ -1,7 +1,8 @@
 """Compare methods across runs: `bidir-compare <run dirs or globs> [--out DIR]`
 (or `bidir-compare --wandb ENTITY/PROJECT --group EXPERIMENT` when online).
 
-Runs are grouped by method (from each run's config.yaml). Per method, over seeds: mean ± 95% CI
+Runs are grouped by method (from each run's config.yaml), or by variant where a run lies in
+experiments/plan.py's layout `<experiment>/<variant>/seed<N>` (an ablation or a sweep point). Per method, over seeds: mean ± 95% CI
 (Student's t) of the final mean return and success rate (the mean of each run's last `--last`
 iterations), of the held-out evaluation (eval.json), and the frames each run needed to reach a
 mean return of 0.8 and a success rate of 0.9 (curves smoothed over `--smooth` iterations).
@@ -14,6 +15,8 @@ import csv
 import glob
 import json
 import math
+import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,20 +27,31 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from bidir.checks import positive_int  # noqa: E402
+
 # Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom; 1.96 beyond.
 T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
 METHOD_ORDER = ["bidir", "t2s", "glam", "student"]
 
 
 def mean_ci(values) -> tuple[float, float]:
-    """Mean and half-width of the 95% confidence interval (0 for a single value)."""
+    """Mean and half-width of the 95% confidence interval (NaN for a single value: no interval)."""
     values = np.asarray([v for v in values if v == v], dtype=float)
     if len(values) == 0:
         return float("nan"), float("nan")
     if len(values) == 1:
-        return float(values[0]), 0.0
+        return float(values[0]), float("nan")
     t = T95[len(values) - 2] if len(values) - 1 <= len(T95) else 1.96
     return float(values.mean()), float(t * values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def paired_difference(runs_a: list[dict], runs_b: list[dict], figure) -> tuple[float, float, int]:
+    """Mean and 95% CI half-width of figure(a) - figure(b) over the seeds both groups ran (the same
+    seed gives both runs the same environments), and the number of pairs."""
+    by_seed = {r["seed"]: r for r in runs_b}
+    differences = [figure(r) - figure(by_seed[r["seed"]]) for r in runs_a if r["seed"] in by_seed]
+    mean, ci = mean_ci(differences)
+    return mean, ci, len([d for d in differences if d == d])
 
 
 def smooth(values: np.ndarray, episodes: np.ndarray, window: int) -> np.ndarray:
@@ -58,8 +72,13 @@ def frames_to(frames: np.ndarray, curve: np.ndarray, threshold: float) -> float:
     return float(frames[reached[0]]) if len(reached) else float("nan")
 
 
+def group_name(path: Path, method: str) -> str:
+    """The variant directory of plan.py's `<variant>/seed<N>` layout, else the method."""
+    return path.parent.name if re.fullmatch(r"seed\d+", path.name) else method
+
+
 def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
-    """Run directories (those with config.yaml and metrics.csv) grouped by method."""
+    """Run directories (those with config.yaml and metrics.csv) grouped by method or variant."""
     runs = defaultdict(list)
     paths = sorted({Path(p) for pattern in patterns for p in (glob.glob(pattern) or [pattern])})
     for path in paths:
@@ -71,8 +90,11 @@ def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
         if not rows:
             continue
         column = lambda key: np.array([float(r[key]) if r[key] != "" else np.nan for r in rows])  # noqa: E731
-        evaluation = json.loads((path / "eval.json").read_text())["results"] if (path / "eval.json").exists() else {}
-        runs[config.rl_script_args.method].append({
+        evaluation = {}
+        for name in ("eval_start.json", "eval.json"):  # the teacher before training, then the final figures
+            if (path / name).exists():
+                evaluation.update(json.loads((path / name).read_text())["results"])
+        runs[group_name(path, config.rl_script_args.method)].append({
             "path": str(path), "seed": config.rl_script_args.seed, "frames": column("frames"),
             "return": column("return_mean"), "success": column("success_rate"), "episodes": column("episodes"),
             "eval": evaluation,
@@ -128,12 +150,14 @@ def summarize(runs: dict[str, list[dict]], last: int = 5, window: int = 5) -> di
 
 def _fmt(pair, digits=3) -> str:
     mean, ci = pair
-    return "n/a" if mean != mean else f"{mean:.{digits}f} ± {ci:.{digits}f}"
+    if mean != mean:
+        return "n/a"
+    return f"{mean:.{digits}f}" if ci != ci else f"{mean:.{digits}f} ± {ci:.{digits}f}"
 
 
 def markdown(table: dict) -> str:
     """The results table in Markdown."""
-    lines = ["| method | seeds | final return | final success | frames to return 0.8 | frames to success 0.9 "
+    lines = ["| method | n (seeds) | final return | final success | frames to return 0.8 | frames to success 0.9 "
              "| held-out return (mode) | wall time s |", "|---|---|---|---|---|---|---|---|"]
     for method, r in table.items():
         held_out = "; ".join(f"{_fmt(v['return_mean'])} ({mode})" for mode, v in r["eval"].items()) or "n/a"
@@ -142,15 +166,36 @@ def markdown(table: dict) -> str:
             f"| {_fmt(r['frames_to_return_0.8'], 0)} ({r['reached_return_0.8']}/{r['seeds']} reached) "
             f"| {_fmt(r['frames_to_success_0.9'], 0)} ({r['reached_success_0.9']}/{r['seeds']} reached) "
             f"| {held_out} | {_fmt(r['wall_time_s'], 0)} |")
+    lines.append("\nmean ± 95% CI (Student's t) over the n runs of a method; a single run has no interval.")
     return "\n".join(lines)
 
 
+def budget_warnings(runs: dict[str, list[dict]], window: int) -> list[str]:
+    """What makes the comparison unfair or the plot incomplete: runs of different lengths (their
+    final figures and frames-to-threshold measure different budgets) and runs shorter than the
+    smoothing window (no smoothed curve, so `plot` leaves them out)."""
+    lengths = {method: sorted({len(r["frames"]) for r in group}) for method, group in runs.items()}
+    warnings = []
+    if len({n for ns in lengths.values() for n in ns}) > 1:
+        warnings.append("runs differ in length (" + "; ".join(
+            f"{method}: {'/'.join(map(str, ns))} iterations" for method, ns in lengths.items())
+            + "): final figures and frames to thresholds compare different budgets")
+    for method, ns in lengths.items():
+        if ns[0] < window:
+            warnings.append(f"{method}: a run of {ns[0]} iterations is shorter than the smoothing window "
+                            f"({window}); {method} is left out of the plot (lower --smooth)")
+    return warnings
+
+
 def plot(runs: dict[str, list[dict]], path: Path, window: int = 5, title: str = "") -> Path:
-    """Mean ± 95% CI of the smoothed return and success curves per method, against frames."""
+    """Mean ± 95% CI of the smoothed return and success curves per method, against frames (methods
+    whose shortest run is shorter than `window` have no curve and are left out)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for method in sorted(runs, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
         group = runs[method]
         length = min(len(r["frames"]) for r in group)
+        if length < window:
+            continue
         frames = group[0]["frames"][:length]
         for ax, key in zip(axes, ("return", "success")):
             curves = np.stack([smooth(r[key][:length], r["episodes"][:length], window) for r in group])
@@ -179,8 +224,8 @@ def main(argv=None):
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead (online)")
     parser.add_argument("--group", help="with --wandb: only this group (experiment)")
     parser.add_argument("--out", type=Path, default=Path("comparison"), help="where to write the table and plot")
-    parser.add_argument("--last", type=int, default=5, help="iterations averaged for the final figures")
-    parser.add_argument("--smooth", type=int, default=5, help="iterations in the smoothing window")
+    parser.add_argument("--last", type=positive_int, default=5, help="iterations averaged for the final figures")
+    parser.add_argument("--smooth", type=positive_int, default=5, help="iterations in the smoothing window")
     parser.add_argument("--title", default="", help="plot title")
     options = parser.parse_args(argv)
     if bool(options.runs) == bool(options.wandb):
@@ -189,6 +234,8 @@ def main(argv=None):
         runs = load_wandb_runs(options.wandb, options.group) if options.wandb else load_runs(options.runs)
     except ValueError as error:
         parser.exit(2, f"bidir-compare: error: {error}\n")
+    for warning in budget_warnings(runs, options.smooth):
+        print(f"bidir-compare: warning: {warning}", file=sys.stderr)
     options.out.mkdir(parents=True, exist_ok=True)
     table = summarize(runs, options.last, options.smooth)
     (options.out / "results.json").write_text(json.dumps(table, indent=2))

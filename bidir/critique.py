@@ -1,25 +1,69 @@
-"""The student's critique of the teacher's instructions (student -> teacher, DESIGN.md §3 step 4).
+"""The student's critique of the teacher's instructions (student -> teacher; docs/design.md, "The
+critique").
 
-The student knows, from its own advantage A_S(t), whether the action it took at step t turned out
-better or worse than it expected. When it followed the instruction, that judgement transfers to
-the instruction; when it did not, the instruction loses what the student's own choice gained.
+The student's critic has seen far more of the environment than the teacher's value head, so its
+advantage A_S(t) says how much better the action taken at step t turned out than the student
+expected. That judgement reaches the teacher in two ways, one per kind of step:
+
+- executed steps (the teacher's instruction was carried out): the teacher's PPO advantage for the
+  instruction is A_S(t), normalised, instead of the teacher's own GAE over V_T;
+- student steps (the student chose): where A_S(t) > 0 the teacher imitates the student's action,
+  weighted by A_S(t), so the teacher keeps learning from its student after it stops acting.
+
+Without a critique the teacher's PPO uses its own GAE on executed steps and nothing else.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 
-def critique(advantages: np.ndarray, followed: np.ndarray, kappa: float) -> np.ndarray:
-    """c_t = A_S(t) where the student followed the instruction, -kappa * A_S(t) where it did not."""
-    return np.where(followed, advantages, -kappa * advantages).astype(np.float32)
+@dataclass
+class TeacherTargets:
+    """One row per teacher query: the instruction or action to score, its PPO advantage (used where
+    `ppo` is true) and its imitation weight (0 where nothing is imitated)."""
+
+    action: np.ndarray
+    advantage: np.ndarray
+    ppo: np.ndarray
+    imitation: np.ndarray
 
 
-def teacher_rewards(env_rewards: np.ndarray, critiques: np.ndarray, beta: float) -> np.ndarray:
-    """r_T = r_env + beta * c."""
-    return (env_rewards + beta * critiques).astype(np.float32)
+def normalised(values: np.ndarray, scale_from: np.ndarray | None = None) -> np.ndarray:
+    """`values` divided by the standard deviation of `scale_from` (default: of `values`); signs
+    are kept, so a positive critique stays positive. Unchanged when that deviation is ~0."""
+    scale = np.std(values if scale_from is None else scale_from)
+    return (values / scale if scale > 1e-8 else values).astype(np.float32)
 
 
-def critique_sentence(instruction: str, value: float) -> str:
-    """The critique as a sentence for the teacher's next prompt."""
+def teacher_targets(instruction: np.ndarray, action: np.ndarray, executed: np.ndarray,
+                    own_advantage: np.ndarray, student_advantage: np.ndarray | None,
+                    use_student_advantage: bool, imitate: bool, normalise: bool = True) -> TeacherTargets:
+    """The teacher's training rows from its queries.
+
+    PPO trains only on executed queries, where the instruction is what happened (the teacher's
+    own, on-policy data); its advantage is the student's (critique) or the teacher's own GAE,
+    with `normalise` divided by its spread either way, so that the two differ in direction, not
+    in step size. With `imitate`, student-chosen queries whose student advantage is positive
+    become imitation rows for the student's action, weighted by that advantage (on the same
+    scale)."""
+    executed = np.asarray(executed, bool)
+    if student_advantage is None:
+        use_student_advantage, imitate = False, False
+    scale = normalised if normalise else (lambda values, scale_from=None: values.astype(np.float32))
+    if use_student_advantage:
+        advantage = scale(student_advantage)
+    else:
+        advantage = scale(own_advantage, own_advantage[executed]) if executed.any() else own_advantage
+    imitation = np.zeros(len(executed), np.float32)
+    if imitate:
+        imitation = np.where(executed, 0.0, np.maximum(scale(student_advantage), 0.0)).astype(np.float32)
+    return TeacherTargets(action=np.where(executed, instruction, action), advantage=advantage.astype(np.float32),
+                          ppo=executed, imitation=imitation)
+
+
+def critique_sentence(action: str, value: float) -> str:
+    """The critique of the action just carried out, as a sentence for the teacher's next prompt."""
     verdict = "helpful" if value > 0 else "not helpful"
-    return f'the student found "{instruction}" {verdict}'
+    return f'the student found "{action}" {verdict}'

@@ -3,7 +3,7 @@
 Three pieces, each doing one thing:
 
 - ``describe`` turns minigrid's 7x7 egocentric observation into BabyAI-Text sentences
-  (the text format GLAM's ``babyai-text`` package produces, DESIGN.md section 4);
+  (the text format GLAM's ``babyai-text`` package produces, docs/design.md, "BabyAI-Text");
 - ``make_text_env`` wraps one BabyAI level so that every ``reset``/``step`` info carries
   those sentences and the mission;
 - ``TextVecEnv`` steps N of them in lock-step with instructions as actions, auto-reset,

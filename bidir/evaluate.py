@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from tqdm import tqdm
 
 from bidir.agent import PromptHistory, sample_rows, student_inputs, summarize_episodes
+from bidir.checks import positive_int
 from bidir.envs import TextVecEnv
 from bidir.methods import get_method
+
+log = logging.getLogger("bidir")
 
 EVAL_SEED_BASE = 100_000
 
@@ -51,6 +56,7 @@ def evaluate(mode: str, env_id: str, instructions: list[str], episodes: int, see
     for env, info in enumerate(infos):
         history.start(env, info)
     results: list[dict | None] = [None] * episodes
+    bar = tqdm(total=episodes, desc=mode, unit="episode", leave=False, disable=None)
     while any(r is None for r in results):
         probs, values = np.full((episodes, k), 1.0 / k), np.zeros(episodes, np.float32)
         instruction = np.zeros(episodes, np.int64)
@@ -71,18 +77,23 @@ def evaluate(mode: str, env_id: str, instructions: list[str], episodes: int, see
             if done[e]:
                 if results[e] is None:
                     results[e] = info["episode"]
+                    bar.update(1)
                 history.start(e, info)
             else:
                 history.advance(e, instructions[action[e]], info)
     envs.close()
+    bar.close()
     return summarize_episodes(results)
 
 
 def evaluate_all(method_name: str, args, student, teacher, episodes: int, seed: int = 0) -> dict:
     """Every mode of `method_name`, keyed by mode."""
-    return {mode: evaluate(mode, args.env_id, list(args.instructions), episodes, seed, student, teacher,
-                           args.prompt_history, args.device)
-            for mode in modes_for(method_name)}
+    results = {}
+    for mode in modes_for(method_name):
+        log.info("held-out evaluation: %s, %d episodes", mode, episodes)
+        results[mode] = evaluate(mode, args.env_id, list(args.instructions), episodes, seed, student, teacher,
+                                 args.prompt_history, args.device)
+    return results
 
 
 def format_table(results: dict) -> str:
@@ -120,7 +131,7 @@ def restore(config, checkpoint: Path):
     k = len(args.instructions)
     student = teacher = None
     if method.student:
-        student = Student(k, k)
+        student = Student(k, k).to(args.device)  # where evaluate_all puts its inputs
         student.load_state_dict(torch.load(checkpoint / "trainer.pt", weights_only=True)["student"])
         student.eval()
     if method.teacher:
@@ -137,10 +148,12 @@ def main(argv=None):
     """CLI: evaluate a run directory (its newest checkpoint) or a checkpoint directory."""
     parser = argparse.ArgumentParser(prog="bidir-eval", description=__doc__.splitlines()[0])
     parser.add_argument("path", type=Path, help="run directory or checkpoint directory")
-    parser.add_argument("--episodes", type=int, default=100, help="held-out episodes per mode")
+    parser.add_argument("--episodes", type=positive_int, default=100, help="held-out episodes per mode")
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed (env seeds are disjoint from training)")
-    parser.add_argument("--json", type=Path, help="where to write the results (default: <run>/eval.json)")
+    parser.add_argument("--json", type=Path, help="where to write the results (default: "
+                        "<run>/eval_<checkpoint>_seed<seed>.json; the run's own eval.json only when named here)")
     options = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         config, checkpoint = load_run(options.path)
     except ValueError as error:
@@ -148,7 +161,7 @@ def main(argv=None):
     student, teacher = restore(config, checkpoint)
     results = evaluate_all(config.rl_script_args.method, config.rl_script_args, student, teacher,
                            options.episodes, options.seed)
-    out = options.json or checkpoint.parent.parent / "eval.json"
+    out = options.json or checkpoint.parent.parent / f"eval_{checkpoint.name}_seed{options.seed}.json"
     out.write_text(json.dumps({"checkpoint": str(checkpoint), "results": results}, indent=2))
     print(f"{config.rl_script_args.method} @ {checkpoint}")
     print(format_table(results))

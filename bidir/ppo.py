@@ -53,11 +53,15 @@ def gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_values:
 
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                clip_eps: float) -> torch.Tensor:
-    """PPO's clipped surrogate, negated for minimisation."""
+                clip_eps: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """PPO's clipped surrogate, negated for minimisation; averaged over the rows where `mask` is
+    true (all rows by default; 0 when none is)."""
     ratio = torch.exp(logprobs - old_logprobs)
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    return -torch.min(ratio * advantages, clipped * advantages).mean()
+    surrogate = torch.min(ratio * advantages, clipped * advantages)
+    if mask is None:
+        return -surrogate.mean()
+    return -(surrogate * mask).sum() / mask.sum().clamp(min=1)
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
@@ -65,6 +69,14 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     """Clipped value loss: the worse of the unclipped and clipped squared errors (as GLAM)."""
     clipped_values = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
     return torch.max((values - returns) ** 2, (clipped_values - returns) ** 2).mean()
+
+
+def anneal(iteration: int, start: float, iterations: int) -> float:
+    """A schedule that is `start` at iteration 0 and falls linearly to 0 at `iterations` (0 after):
+    the distillation weight lambda_k and the teacher's share of acting eps_k."""
+    if iterations <= 0:
+        return 0.0
+    return start * max(0.0, 1.0 - iteration / iterations)
 
 
 def minibatches(n: int, size: int, generator: torch.Generator):

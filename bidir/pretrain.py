@@ -127,22 +127,31 @@ def pretrain(model_path: str, output: Path, levels=PRETRAIN_LEVELS, episodes_per
 def add_pretrain_command(subparsers):
     """Registers `bidir-teacher pretrain` on the CLI's subparsers."""
     parser = subparsers.add_parser("pretrain", help="behavioural cloning of a teacher on the BabyAI bot")
-    parser.add_argument("--model", default="tiny-t5", help="hub id, local path or tiny-t5 (default)")
-    parser.add_argument("--model-type", choices=["seq2seq", "causal"], help="default: read from the model's config")
+    parser.add_argument("--model", default="tiny-t5", help="teacher to start from: hub id, local model directory "
+                        "or a built-in name (default: tiny-t5, untrained)")
+    parser.add_argument("--model-type", choices=["seq2seq", "causal"],
+                        help="seq2seq (T5 family) or causal (decoder-only) model (default: read from the model's config)")
     parser.add_argument("--output", type=Path, required=True, help="model directory to write")
-    parser.add_argument("--levels", nargs="+", default=list(PRETRAIN_LEVELS), help="demonstration levels")
-    parser.add_argument("--episodes-per-level", type=int, default=100)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--prompt-history", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--levels", nargs="+", default=list(PRETRAIN_LEVELS),
+                        help="BabyAI levels the bot demonstrates (default: %(default)s)")
+    parser.add_argument("--episodes-per-level", type=int, default=100,
+                        help="bot episodes per level (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=20, help="passes over the demonstrations (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64, help="prompts per optimizer step (default: %(default)s)")
+    parser.add_argument("--prompt-history", type=int, default=1,
+                        help="past observations in each prompt; match rl_script_args.prompt_history "
+                        "(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of demonstrations and training (default: %(default)s)")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device of the teacher, e.g. cpu or cuda:0 (default: %(default)s)")
     parser.add_argument("--lora", action="store_true",
                         help="train and write a LoRA adapter (use it as lora.adapter_path) instead of the whole model")
-    parser.add_argument("--lora-r", type=int, default=LORA_DEFAULTS["r"])
-    parser.add_argument("--lora-alpha", type=float, default=LORA_DEFAULTS["alpha"])
-    parser.add_argument("--lora-target-modules", nargs="+", help="default: peft's for the model family")
+    parser.add_argument("--lora-r", type=int, default=LORA_DEFAULTS["r"], help="adapter rank (default: %(default)s)")
+    parser.add_argument("--lora-alpha", type=float, default=LORA_DEFAULTS["alpha"],
+                        help="adapter scaling alpha (default: %(default)s)")
+    parser.add_argument("--lora-target-modules", nargs="+", help="module names (default: peft's for the model family)")
     parser.set_defaults(func=lambda a: print(pretrain(
         a.model, a.output, a.levels, a.episodes_per_level, a.epochs, a.lr, a.batch_size, a.seed,
         a.prompt_history, a.model_type, a.device,

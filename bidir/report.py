@@ -11,8 +11,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from bidir.compare import smooth  # noqa: E402
-from bidir.evaluate import evaluate_all, format_table  # noqa: E402
+from bidir.compare import frames_to, smooth  # noqa: E402
+from bidir.evaluate import evaluate, evaluate_all, format_table  # noqa: E402
+from bidir.methods import get_method  # noqa: E402
+
+START_EVAL = "eval_start.json"
+"""The teacher's held-out evaluation before its first update (methods whose teacher learns)."""
 
 
 def _floats(rows: list[dict], key: str) -> list[float]:
@@ -41,12 +45,30 @@ def plot_learning_curve(rows: list[dict], path: Path, title: str, window: int = 
     return path
 
 
+def evaluate_teacher_at_start(config, trainer):
+    """Before the first update of a learning teacher, its held-out teacher-alone figures go to
+    eval_start.json: the reference that says whether training (and the critique) improved it.
+    The evaluation leaves the run itself untouched (memo and LLM counters restored)."""
+    args = config.rl_script_args
+    path = Path(args.output_dir) / START_EVAL
+    if args.eval_episodes <= 0 or not get_method(args.method).teacher_learns or trainer.iteration > 0 or path.exists():
+        return
+    contexts = trainer.teacher.llm_contexts
+    result = evaluate("teacher_alone", args.env_id, list(args.instructions), args.eval_episodes, 0,
+                      teacher=trainer.teacher, prompt_history=args.prompt_history)
+    trainer.teacher.forget()
+    trainer.teacher.llm_contexts = contexts
+    path.write_text(json.dumps({"results": {"teacher_at_start": result}}, indent=2))
+
+
 def finish_run(config, trainer, caller) -> dict:
-    """Plots the curve, evaluates on held-out seeds, writes eval.json and prints the summary."""
+    """Plots the curve, evaluates on held-out seeds, writes eval.json and prints the summary:
+    the final return, the frames to a return of 0.8, and the held-out figures (with the teacher
+    before training, where it learned)."""
     args = config.rl_script_args
     out = Path(args.output_dir)
-    plot = plot_learning_curve(_read_rows(out / "metrics.csv"), out / "learning_curve.png",
-                               f"{args.method} on {args.env_id} (seed {args.seed})")
+    rows = _read_rows(out / "metrics.csv")
+    plot = plot_learning_curve(rows, out / "learning_curve.png", f"{args.method} on {args.env_id} (seed {args.seed})")
     results = {}
     if args.eval_episodes > 0:
         if trainer.student:
@@ -56,9 +78,18 @@ def finish_run(config, trainer, caller) -> dict:
                                                   indent=2))
     print(f"\n{args.method} on {args.env_id}: {trainer.iteration} iterations, {trainer.frames} frames, "
           f"{trainer.wall_time:.0f} s")
+    if rows:
+        returns, episodes = np.array(_floats(rows, "return_mean")), np.array(_floats(rows, "episodes"))
+        reached = frames_to(np.array(_floats(rows, "frames")), smooth(returns, episodes, 5), 0.8)
+        print(f"training: final return {np.nanmean(returns[-5:]):.3f} (mean of the last 5 iterations); "
+              + (f"return 0.8 reached at {reached:,.0f} frames" if reached == reached else "return 0.8 not reached")
+              + " (episode-weighted mean over 5 iterations)")
     if results:
+        shown = dict(results)
+        if (out / START_EVAL).exists():
+            shown.update(json.loads((out / START_EVAL).read_text())["results"])
         print(f"held-out evaluation ({args.eval_episodes} episodes per mode):")
-        print(format_table(results))
+        print(format_table(shown))
     print(f"learning curve: {plot}")
     print(f"metrics: {out / 'metrics.csv'}")
     return results

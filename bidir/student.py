@@ -56,13 +56,6 @@ class Student(nn.Module):
         return Categorical(logits=self.actor(x)), self.critic(x).squeeze(-1)
 
 
-def distill_weight(iteration: int, coef: float, iterations: int) -> float:
-    """lambda_k: `coef` at iteration 0, falling linearly to 0 at `iterations` (and 0 after)."""
-    if iterations <= 0:
-        return 0.0
-    return coef * max(0.0, 1.0 - iteration / iterations)
-
-
 def update_student(student: Student, optimizer: torch.optim.Optimizer, batch: Batch, args,
                    distill: float, generator: torch.Generator) -> dict[str, float]:
     """PPO epochs over the rollout, plus distill * KL(pi_T || pi_S) on every step the teacher was

@@ -109,15 +109,18 @@ class TeacherInitializer(BaseModelInitializer):
 
 
 class TeacherPPOUpdater(BaseUpdater):
-    """GLAM's PPO loss on the LLM: clipped policy over the candidate distribution, clipped value,
-    entropy bonus; gradient accumulation; grad-norm clipping. The optimizer lives here, across
-    calls. On N servers each updates its share `_current_batch_ids` and DDP averages gradients.
+    """GLAM's PPO loss on the LLM (clipped policy over the candidate distribution on the `ppo`
+    rows, clipped value on every row, entropy bonus on the rows that train the policy) plus the critique's imitation term, -w * log pi_T(a), on
+    rows with an imitation weight w > 0; gradient accumulation; grad-norm clipping. The optimizer
+    lives here, across calls. On N servers each updates its share `_current_batch_ids` and DDP
+    averages gradients.
 
     All contexts share one candidate list (the instructions).
     Keyword arguments of `caller.update(contexts, candidates, ...)`: actions, logprobs, values,
-    advantages, returns (tensors over all contexts), lr, epochs, minibatches (count per epoch),
-    gradient_batch_size, clip_eps, entropy_coef, value_loss_coef, max_grad_norm; `save_to`
-    (write a checkpoint after the update) and `resume_from` (optimizer state to load first).
+    advantages, returns, ppo (bool), imitation (weights) (tensors over all contexts), lr, epochs,
+    minibatches (count per epoch), gradient_batch_size, clip_eps, entropy_coef, value_loss_coef,
+    imitation_coef, max_grad_norm; `save_to` (write a checkpoint after the update) and
+    `resume_from` (optimizer state to load first).
     Only parameters that require gradients train (all of them, or a LoRA adapter + the value head),
     and only those are checkpointed when part of the LLM is frozen."""
 
@@ -137,8 +140,10 @@ class TeacherPPOUpdater(BaseUpdater):
 
     def _ppo(self, contexts, candidates, batch_ids, kw):
         rows = torch.as_tensor(batch_ids["contexts"])
-        data = {k: torch.as_tensor(kw[k])[rows] for k in ("actions", "logprobs", "values", "advantages", "returns")}
-        sums = {"teacher_policy_loss": 0.0, "teacher_value_loss": 0.0, "teacher_entropy": 0.0}
+        data = {k: torch.as_tensor(kw[k])[rows]
+                for k in ("actions", "logprobs", "values", "advantages", "returns", "ppo", "imitation")}
+        sums = {"teacher_policy_loss": 0.0, "teacher_value_loss": 0.0, "teacher_entropy": 0.0,
+                "teacher_imitation_loss": 0.0}
         steps = 0
         for _ in range(kw["epochs"]):
             for minibatch in np.array_split(np.arange(len(contexts)), kw["minibatches"]):
@@ -150,7 +155,8 @@ class TeacherPPOUpdater(BaseUpdater):
                     sync = number == len(pieces) - 1 or not hasattr(self._llm_module, "no_sync")
                     with contextlib.nullcontext() if sync else self._llm_module.no_sync():
                         parts = self._losses(contexts, candidates[piece[0]], piece, data, kw)
-                        loss = parts[0] - kw["entropy_coef"] * parts[2] + kw["value_loss_coef"] * parts[1]
+                        loss = (parts[0] - kw["entropy_coef"] * parts[2] + kw["value_loss_coef"] * parts[1]
+                                + kw["imitation_coef"] * parts[3])
                         if not torch.isfinite(loss):  # report it to the client instead of stepping on it
                             return {name: value.item() for name, value in zip(sums, parts)}
                         (loss * len(piece) / len(minibatch)).backward()
@@ -162,17 +168,22 @@ class TeacherPPOUpdater(BaseUpdater):
         return {name: total / steps for name, total in sums.items()}
 
     def _losses(self, contexts, instructions, piece, data, kw):
-        """(policy loss, value loss, entropy) on the rows `piece`. BabyAI prompts repeat: one
-        forward per distinct prompt, gathered back per row."""
+        """(policy loss, value loss, entropy, imitation loss) on the rows `piece`. BabyAI prompts
+        repeat: one forward per distinct prompt, gathered back per row."""
         distinct, rows_of = np.unique([contexts[i] for i in piece], return_inverse=True)
         outputs = self._llm_module(["score", "value"], contexts=list(distinct), candidates=[instructions] * len(distinct),
                                    require_grad=True, pad_contexts=True)  # causal: one context end per minibatch
         dist = torch.distributions.Categorical(logits=torch.stack([o["score"] for o in outputs])[rows_of])
         values = torch.stack([o["value"][0, 0] for o in outputs])[rows_of]
         d = {k: v[piece] for k, v in data.items()}
-        return (policy_loss(dist.log_prob(d["actions"]), d["logprobs"], d["advantages"], kw["clip_eps"]),
+        logprobs = dist.log_prob(d["actions"])
+        # the entropy bonus regularises the policy where it is trained: on other rows it alone
+        # would pull a teacher that no longer acts back towards uniform
+        trained = (d["ppo"] | (d["imitation"] > 0)).float()
+        return (policy_loss(logprobs, d["logprobs"], d["advantages"], kw["clip_eps"], mask=d["ppo"].float()),
                 value_loss(values, d["values"], d["returns"], kw["clip_eps"]),
-                dist.entropy().mean())
+                (dist.entropy() * trained).sum() / trained.sum().clamp(min=1),
+                -(d["imitation"] * logprobs).mean())
 
 
 def _save_atomically(state, path):
@@ -222,16 +233,19 @@ class Teacher:
         """Drops memoized outputs: call after the teacher's weights change."""
         self.memo.clear()
 
-    def update(self, prompts: list[str], actions, logprobs, values, advantages, returns, args,
+    def update(self, prompts: list[str], actions, logprobs, values, advantages, returns, ppo, imitation, args,
                save_to: str | None, resume_from: str | None) -> dict[str, float]:
-        """Sends one PPO update to the LLM server(s); returns the mean losses across servers."""
+        """Sends one update to the LLM server(s): PPO on the rows where `ppo` is true, imitation
+        of `actions` weighted by `imitation`, value regression on every row. Returns the mean
+        losses across servers."""
         minibatches = max(1, math.ceil(len(prompts) / args.teacher_minibatch_size))
         results = self.caller.update(
             prompts, [self.instructions] * len(prompts),
             actions=torch.as_tensor(actions), logprobs=torch.as_tensor(logprobs, dtype=torch.float32),
             values=torch.as_tensor(values, dtype=torch.float32),
             advantages=torch.as_tensor(advantages, dtype=torch.float32),
-            returns=torch.as_tensor(returns, dtype=torch.float32),
+            returns=torch.as_tensor(returns, dtype=torch.float32), ppo=torch.as_tensor(ppo, dtype=torch.bool),
+            imitation=torch.as_tensor(imitation, dtype=torch.float32), imitation_coef=args.critique_imitation,
             lr=args.teacher_lr, epochs=args.teacher_epochs, minibatches=minibatches,
             gradient_batch_size=args.teacher_gradient_batch_size, clip_eps=args.teacher_clip_eps,
             entropy_coef=args.teacher_entropy_coef, value_loss_coef=args.teacher_value_loss_coef,

@@ -242,7 +242,8 @@ def resolve_model_path(name_or_path: str, cache_dir=None) -> str:
     if _looks_local(name_or_path):
         directory = Path(name_or_path).expanduser()
         if not directory.is_dir():
-            raise ValueError(f"model path {name_or_path!r} does not exist (or is not a directory)")
+            raise ValueError(f"model path {name_or_path!r} does not exist (or is not a directory); give a model "
+                             f"directory, a hub id or a built-in name ({OFFLINE_TEACHER}, {PRETRAINED_OFFLINE_TEACHER})")
         missing = _missing_files(directory)
         if missing:
             raise ValueError(f"model directory {name_or_path!r} is incomplete: missing {', '.join(missing)}")

@@ -1,9 +1,9 @@
 """Train a method on a BabyAI level: `python -m bidir.train [hydra overrides]`.
 
 One loop for every method (bidir/methods.py). Per iteration:
-  collect   the teacher writes messages, the student (or, in glam, the teacher) acts;
-  critique  the student's advantages judge the instructions it was given;
-  update    student PPO + distillation, then teacher PPO on env reward + critique;
+  collect   the teacher writes messages; the student, the teacher (glam) or an annealed mixture acts;
+  update    student PPO + distillation, then the teacher: PPO on the queries whose instruction
+            was executed, and the student's critique (its advantages) where configured;
   log       metrics.csv, W&B, progress bar; then an atomic checkpoint.
 
 The same file is `rl_script_args.path` under lamorel_launcher: there, LLM server processes stop
@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -29,33 +28,34 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from bidir.agent import PromptHistory, sample_rows, student_inputs, summarize_episodes
-from bidir.critique import critique, critique_sentence, teacher_rewards
+from bidir.agent import PromptHistory, behaviour_logprob, sample_rows, student_inputs, summarize_episodes
+from bidir.checks import UsageError, check_config
+from bidir.critique import critique_sentence, teacher_targets
 from bidir.envs import TextVecEnv
 from bidir.llm import make_caller, under_lamorel_launcher
 from bidir.methods import get_method
-from bidir.ppo import gae
-from bidir.student import Student, distill_weight, update_student
+from bidir.ppo import anneal, gae
+from bidir.student import Student, update_student
 from bidir.teacher import TEACHER_CHECKPOINT, Teacher, TeacherInitializer, TeacherPPOUpdater, teacher_module_functions
-from bidir.teacher_model import check_llm_config, resolve_model_path
 
 log = logging.getLogger("bidir")
 
 PREEMPTED_EXIT_CODE = 3
 """Exit status after SIGUSR1/SIGTERM: the run checkpointed and can be resumed."""
+INTERRUPTED_EXIT_CODE = 130
+"""Exit status after Ctrl-C (the shell's 128 + SIGINT), so that run_with_requeue does not requeue."""
+PROGRESS_LINE_S = 30.0
+"""Without a terminal (a log file, SLURM) no bar is drawn: a progress line instead, after the first
+and last iteration and at most this often in between."""
 
 METRIC_COLUMNS = [
     "iteration", "frames", "success_rate", "return_mean", "episode_length_mean", "episodes", "wall_time_s",
     "fps", "student_policy_loss", "student_value_loss", "student_entropy", "kl_teacher_student",
-    "distill_weight", "message_shown", "agreement_rate", "critique_mean", "teacher_policy_loss",
-    "teacher_value_loss", "teacher_entropy", "teacher_policy_entropy", "teacher_queries", "llm_contexts", "time_env",
+    "distill_weight", "message_shown", "agreement_rate", "teacher_acts", "executed_rate", "teacher_ppo_rows",
+    "teacher_imitation_rows", "teacher_policy_loss", "teacher_value_loss", "teacher_imitation_loss", "teacher_entropy", "teacher_policy_entropy", "teacher_queries", "llm_contexts", "time_env",
     "time_teacher_scoring", "time_student_forward", "time_critique", "time_student_update",
     "time_teacher_update",
 ]
-
-
-class UsageError(Exception):
-    """Bad configuration or input, reported in one line before any heavy work (exit code 2)."""
 
 
 class Phases:
@@ -107,6 +107,15 @@ class Trainer:
                 self.history.start(env, info)
 
     # ---- collect -------------------------------------------------------------------------
+    def teacher_acts(self) -> float:
+        """eps_k, the probability that a query's instruction is executed: 1 when the teacher acts
+        alone (glam), 0 without a teacher, else the annealed mixture's share."""
+        if not self.method.teacher:
+            return 0.0
+        if not self.method.student:
+            return 1.0
+        return anneal(self.iteration, self.args.teacher_acts, self.args.teacher_acts_iterations)
+
     def collect(self, phases: Phases) -> tuple[dict, list[dict]]:
         """Runs `steps` steps in every env. Returns the per-step buffer (T, n) and episode stats."""
         args, n, T, k = self.args, self.args.n_envs, self.steps, self.k
@@ -115,7 +124,7 @@ class Trainer:
             "missions": [], "prompts": [[None] * n for _ in range(T)],
             "queried": np.zeros((T, n), bool), "instruction": np.zeros((T, n), np.int64),
             "probs": np.full((T, n, k), 1.0 / k), "teacher_value": np.zeros((T, n), np.float32),
-            "shown": np.zeros((T, n), bool), "action": np.zeros((T, n), np.int64),
+            "shown": np.zeros((T, n), bool), "executed": np.zeros((T, n), bool), "action": np.zeros((T, n), np.int64),
             "logprob": np.zeros((T, n), np.float32), "value": np.zeros((T, n), np.float32),
             "reward": np.zeros((T, n), np.float32), "done": np.zeros((T, n), bool),
         }
@@ -123,6 +132,8 @@ class Trainer:
         instruction = np.zeros(n, np.int64)
         probs = np.full((n, k), 1.0 / k)
         teacher_value = np.zeros(n, np.float32)
+        executed = np.zeros(n, bool)  # the current query's instruction is carried out, not the student's choice
+        eps = self.teacher_acts()
         since_query = np.full(n, args.teacher_every)  # every env asks at the start of an iteration
         for t in range(T):
             missions = list(self.history.missions)
@@ -133,6 +144,7 @@ class Trainer:
                     new_probs, new_values = self.teacher.advise(prompts)
                     probs[ask], teacher_value[ask] = new_probs, new_values
                     instruction[ask] = sample_rows(new_probs, self.rng)
+                    executed[ask] = self.rng.random(len(ask)) < eps
                     since_query[ask] = 0
                     buf["queried"][t, ask] = True
                     for e, prompt in zip(ask, prompts):
@@ -142,16 +154,16 @@ class Trainer:
                 with phases("student_forward"), torch.no_grad():
                     x = student_inputs(self.obs, missions, instruction, probs, teacher_value, shown, args.device)
                     dist, value = self.student(x)
-                    action = torch.multinomial(dist.probs, 1, generator=self.torch_rng).squeeze(1)
-                    buf["logprob"][t] = dist.log_prob(action).cpu().numpy()
+                    action = torch.multinomial(dist.probs, 1, generator=self.torch_rng).squeeze(1).cpu().numpy()
+                    action = np.where(executed, instruction, action)
+                    buf["logprob"][t] = behaviour_logprob(dist.probs.cpu().numpy(), action, instruction, eps)
                     buf["value"][t] = value.cpu().numpy()
-                    action = action.cpu().numpy()
             else:
                 action = instruction.copy()
             buf["image"][t], buf["direction"][t] = self.obs["image"], self.obs["direction"]
             buf["missions"].append(missions)
             buf["instruction"][t], buf["probs"][t], buf["teacher_value"][t] = instruction, probs, teacher_value
-            buf["shown"][t], buf["action"][t] = shown, action
+            buf["shown"][t], buf["executed"][t], buf["action"][t] = shown, executed, action
             with phases("env"):
                 self.obs, reward, done, self.infos = self.envs.step(action)
             buf["reward"][t], buf["done"][t] = reward, done
@@ -169,18 +181,17 @@ class Trainer:
         return buf, episodes
 
     def _online_critique(self, buf, t):
-        """The critique sentence for the next prompt, from the one-step TD error of the student
-        alone (the full critique needs the whole rollout)."""
+        """The critique sentence for the next prompt: the sign of the student's one-step TD error
+        of the action just taken (the full critique needs the whole rollout)."""
         n = self.args.n_envs
         with torch.no_grad():
             x = student_inputs(self.obs, list(self.history.missions), np.zeros(n, np.int64),
                                np.zeros((n, self.k)), np.zeros(n), np.zeros(n, bool), self.args.device)
             _, next_value = self.student(x)
         td = buf["reward"][t] + self.args.gamma * next_value.numpy() * ~buf["done"][t] - buf["value"][t]
-        c = critique(td, buf["action"][t] == buf["instruction"][t], self.args.critique_kappa)
         for e in range(n):
             if not buf["done"][t][e]:
-                self.history.critiques[e] = critique_sentence(self.instructions[buf["instruction"][t][e]], c[e])
+                self.history.critiques[e] = critique_sentence(self.instructions[buf["action"][t][e]], td[e])
 
     # ---- critique and updates -----------------------------------------------------------
     def bootstrap(self) -> tuple[np.ndarray, np.ndarray]:
@@ -199,47 +210,55 @@ class Trainer:
                 student_value = self.student(x)[1].cpu().numpy()
         return student_value, teacher_value
 
-    def teacher_transitions(self, buf: dict, step_rewards: np.ndarray, last_value: np.ndarray):
-        """The teacher's PPO data: one transition per query, rewarded with the sum of r_T until the
-        next query, GAE over each env's queries with V_T."""
-        args, rows = self.args, {"prompt": [], "action": [], "logprob": [], "value": [], "advantage": [], "returns": []}
+    def teacher_transitions(self, buf: dict, last_value: np.ndarray, student_advantages: np.ndarray | None):
+        """The teacher's training rows: one per query, rewarded with the env reward summed until
+        the next query, GAE over each env's queries with V_T (its value targets, on every row);
+        then PPO on the executed queries and imitation of the student's good choices, as the
+        critique settings say (bidir/critique.py)."""
+        args = self.args
+        rows = {key: [] for key in ("prompt", "instruction", "action", "executed", "probs", "value", "advantage",
+                                    "returns", "student_advantage")}
         for e in range(args.n_envs):
             starts = np.flatnonzero(buf["queried"][:, e])
             if len(starts) == 0:
                 continue
             ends = np.append(starts[1:], self.steps)
-            rewards = np.array([step_rewards[s:t, e].sum() for s, t in zip(starts, ends)], np.float32)
+            rewards = np.array([buf["reward"][s:t, e].sum() for s, t in zip(starts, ends)], np.float32)
             dones = buf["done"][ends - 1, e]
             values = buf["teacher_value"][starts, e]
             advantages, returns = gae(rewards[:, None], values[:, None], dones[:, None], last_value[e:e + 1],
                                       args.gamma, args.lam)
-            chosen = buf["instruction"][starts, e]
             rows["prompt"] += [buf["prompts"][s][e] for s in starts]
-            rows["action"].append(chosen)
-            rows["logprob"].append(np.log(buf["probs"][starts, e, chosen]))
+            for key in ("instruction", "action", "executed", "probs"):
+                rows[key].append(buf[key][starts, e])
             rows["value"].append(values)
             rows["advantage"].append(advantages[:, 0])
             rows["returns"].append(returns[:, 0])
-        return {key: value if key == "prompt" else np.concatenate(value) for key, value in rows.items()}
+            if student_advantages is not None:
+                rows["student_advantage"].append(student_advantages[starts, e])
+        data = {key: value if key == "prompt" else np.concatenate(value) if value else None
+                for key, value in rows.items()}
+        critique = self.method.critique
+        targets = teacher_targets(data["instruction"], data["action"], data["executed"], data["advantage"],
+                                  data["student_advantage"], critique and args.critique_advantage,
+                                  critique and args.critique_imitation > 0, args.teacher_normalize_advantages)
+        logprob = np.log(data["probs"][np.arange(len(targets.action)), targets.action])
+        return {"prompt": data["prompt"], "action": targets.action, "logprob": logprob, "value": data["value"],
+                "advantage": targets.advantage, "returns": data["returns"], "ppo": targets.ppo,
+                "imitation": targets.imitation}
 
     def update(self, buf: dict, phases: Phases, checkpoint_dir: Path) -> dict:
-        """Student advantages -> critique -> student update -> teacher update. Returns metrics."""
+        """Student advantages -> student update -> teacher update with the student's critique.
+        Returns metrics."""
         args, metrics = self.args, {}
         student_last, teacher_last = self.bootstrap()
         # every step with a teacher has a message (held between queries) to distill
         taught = np.full(buf["done"].shape, self.teacher is not None)
+        advantages = None
         if self.student:
             advantages, returns = gae(buf["reward"], buf["value"], buf["done"], student_last, args.gamma, args.lam)
-        step_rewards = buf["reward"]
-        if self.method.critique:
-            with phases("critique"):
-                followed = buf["action"] == buf["instruction"]
-                c = critique(advantages, followed, args.critique_kappa)
-                step_rewards = teacher_rewards(buf["reward"], c, args.critique_beta)
-                metrics["critique_mean"] = float(c.mean())
-        if self.student:
             with phases("student_update"):
-                distill = distill_weight(self.iteration, args.distill_coef, args.distill_iterations)
+                distill = anneal(self.iteration, args.distill_coef, args.distill_iterations)
                 flat = lambda a: torch.as_tensor(a.reshape(-1, *a.shape[2:]), device=args.device)  # noqa: E731
                 x = student_inputs({"image": buf["image"].reshape(-1, 7, 7, 3), "direction": buf["direction"].reshape(-1)},
                                    [m for row in buf["missions"] for m in row], buf["instruction"].reshape(-1),
@@ -259,16 +278,20 @@ class Trainer:
                 metrics["message_shown"] = float(buf["shown"].mean())
         if self.teacher:
             metrics["teacher_queries"] = int(buf["queried"].sum())
+            metrics["teacher_acts"] = self.teacher_acts()
+            metrics["executed_rate"] = float(buf["executed"].mean())
             p = buf["probs"][buf["queried"]]
             metrics["teacher_policy_entropy"] = float(-(p * np.log(np.clip(p, 1e-12, None))).sum(1).mean())
         if self.method.teacher_learns:
             with phases("teacher_update"):
-                data = self.teacher_transitions(buf, step_rewards, teacher_last)
+                data = self.teacher_transitions(buf, teacher_last, advantages)
+                metrics["teacher_ppo_rows"] = int(data["ppo"].sum())
+                metrics["teacher_imitation_rows"] = int((data["imitation"] > 0).sum())
                 order = self.rng.permutation(len(data["prompt"]))  # the updater walks minibatches in order
                 metrics.update(self.teacher.update(
                     [data["prompt"][i] for i in order], data["action"][order], data["logprob"][order],
-                    data["value"][order], data["advantage"][order], data["returns"][order], args,
-                    save_to=str(checkpoint_dir / TEACHER_CHECKPOINT),
+                    data["value"][order], data["advantage"][order], data["returns"][order], data["ppo"][order],
+                    data["imitation"][order], args, save_to=str(checkpoint_dir / TEACHER_CHECKPOINT),
                     resume_from=str(self.checkpoint / TEACHER_CHECKPOINT) if self.checkpoint else None))
         for name, value in metrics.items():
             if not math.isfinite(value):
@@ -394,36 +417,6 @@ def start_teacher_llm(config: DictConfig, checkpoint: Path | None):
     return caller
 
 
-def check_config(config: DictConfig):
-    """Rejects bad input before any heavy work, with one clear line (UsageError)."""
-    args = config.rl_script_args
-    try:
-        method = get_method(args.method)
-        TextVecEnv(args.env_id, 1, 0, args.instructions).close()  # checks env id and instructions
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    if args.n_envs < 1 or args.steps_per_iteration < args.n_envs or args.steps_per_iteration % args.n_envs:
-        raise UsageError(f"steps_per_iteration ({args.steps_per_iteration}) must be a positive multiple of "
-                         f"n_envs ({args.n_envs})")
-    if args.iterations < 0:
-        raise UsageError(f"iterations must be >= 0, got {args.iterations}")
-    out = Path(args.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise UsageError(f"output_dir {out} is not writable: {error.strerror}") from None
-    if method.teacher or under_lamorel_launcher():  # the launcher starts LLM servers whatever the method
-        llm = config.lamorel_args.llm_configs.main_llm
-        try:
-            llm.model_path = resolve_model_path(llm.model_path)
-            check_llm_config(llm)
-        except (ValueError, OSError) as error:
-            raise UsageError(str(error)) from None
-
-
 def train(config: DictConfig) -> Path:
     """Runs (or resumes) the configured training; returns the output directory."""
     args = config.rl_script_args
@@ -431,6 +424,7 @@ def train(config: DictConfig) -> Path:
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
     output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = find_checkpoint(output_dir)
     caller = start_teacher_llm(config, checkpoint)
     trainer = Trainer(config, caller, checkpoint)
@@ -438,13 +432,16 @@ def train(config: DictConfig) -> Path:
     metrics = MetricsLog(config, trainer)
     if checkpoint:
         log.info("resuming from %s (iteration %d)", checkpoint, trainer.iteration)
-    preempted = _catch_preemption()
+    from bidir.report import evaluate_teacher_at_start, finish_run
+    evaluate_teacher_at_start(config, trainer)
+    stop = StopSignals()
     bar = tqdm(total=args.iterations, initial=trainer.iteration, desc=f"{args.method}", unit="it",
                dynamic_ncols=True, disable=None)
+    last_line, first = time.monotonic(), trainer.iteration + 1
     staging_root = output_dir / "checkpoints"
     staging_root.mkdir(exist_ok=True)
     try:
-        while trainer.iteration < args.iterations and not preempted.is_set():
+        while trainer.iteration < args.iterations and not stop.received:
             started, phases = time.perf_counter(), Phases()
             staging = staging_root / f"iter_{trainer.iteration:06d}.tmp"
             shutil.rmtree(staging, ignore_errors=True)
@@ -463,33 +460,52 @@ def train(config: DictConfig) -> Path:
             bar.set_postfix(success=f"{row['success_rate']:.2f}", ret=f"{row['return_mean']:.2f}",
                             fps=f"{row['fps']:.0f}")
             bar.update(1)
+            if bar.disable and (time.monotonic() - last_line >= PROGRESS_LINE_S
+                                or trainer.iteration in (first, args.iterations)):
+                last_line = time.monotonic()
+                log.info("%s: iteration %d/%d, %d frames, return %.2f, success %.2f, %.0f fps, %.0f s", args.method,
+                         trainer.iteration, args.iterations, trainer.frames, row["return_mean"],
+                         row["success_rate"], row["fps"], trainer.wall_time)
     finally:
+        stop.restore()  # the final evaluation has nothing to checkpoint: Ctrl-C ends it at once
         bar.close()
         metrics.close()
-    if preempted.is_set():
-        log.warning("preempted: checkpoint at iteration %d; restart with the same output_dir to resume",
-                    trainer.iteration)
+        for staged in staging_root.glob("iter_*.tmp"):  # an iteration cut short: never resumed from, so drop it
+            shutil.rmtree(staged, ignore_errors=True)
+    if stop.received:
+        print(f"bidir: stopped by {signal.Signals(stop.received).name} at iteration {trainer.iteration} "
+              f"(checkpointed); rerun the same command to resume {output_dir}", file=sys.stderr)
         if caller:
             caller.close()
-        sys.exit(PREEMPTED_EXIT_CODE)
-    from bidir.report import finish_run
+        sys.exit(INTERRUPTED_EXIT_CODE if stop.received == signal.SIGINT else PREEMPTED_EXIT_CODE)
     finish_run(config, trainer, caller)
     if caller:
         caller.close()
     return output_dir
 
 
-def _catch_preemption() -> threading.Event:
-    """SIGUSR1 (SLURM's warning before preemption) and SIGTERM end the run after the current
-    iteration's checkpoint instead of killing it mid-write."""
-    flag = threading.Event()
+class StopSignals:
+    """SIGUSR1 (SLURM's warning before preemption), SIGTERM and SIGINT (Ctrl-C) end the run after
+    the current iteration's checkpoint instead of killing it mid-write. Repeats count as one
+    (run_with_requeue resends SIGUSR1), except a second Ctrl-C, which stops at once."""
 
-    def handler(signum, frame):
-        flag.set()
-        log.warning("received signal %d: stopping after this iteration's checkpoint", signum)
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
-        signal.signal(sig, handler)
-    return flag
+    def __init__(self):
+        self.received: int | None = None  # the first stop signal
+        self._previous = {sig: signal.signal(sig, self._handle)
+                          for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt
+        if self.received is None:
+            self.received = signum
+            log.warning("%s: stopping after this iteration's checkpoint%s", signal.Signals(signum).name,
+                        " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else "")
+
+    def restore(self):
+        """The handlers from before."""
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 _composed = False  # set once hydra has built the config: tells config errors from run errors
@@ -509,6 +525,10 @@ def hydra_main(config: DictConfig):
     except FloatingPointError as error:  # a diverged loss: the staged checkpoint is dropped
         print(f"bidir: error: {error}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"bidir: interrupted; complete checkpoints stay in {config.rl_script_args.output_dir}: rerun the "
+              f"same command to resume", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT_CODE)
 
 
 def main():

@@ -5,8 +5,12 @@ method, seed and budget become a command line and an output directory.
     python experiments/plan.py --task-id 4 --budget short        # the command of array task 4
     python experiments/plan.py --list --budget short             # every command, in array order
     python experiments/plan.py --local --budget short            # run the grid here, one after another
+    python experiments/plan.py --local --jobs 2 --budget short   # two at a time (logs in each run dir)
     python experiments/plan.py --method bidir --seed 1 --iterations 40   # one run outside the grid
     python experiments/plan.py --task-id 4 --exec                # become that command (sbatch)
+
+A grid's `methods` may name variants defined under `variants:` (a method plus overrides, e.g. an
+ablation or one point of a tuning sweep); a variant's runs go to its own directory.
 
 Trailing `key=value` arguments are hydra overrides added to every command; they replace a
 value the plan would set for the same key (e.g. `setting=offline`). slurm/array.sbatch and
@@ -22,6 +26,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +38,13 @@ DEFAULT_GRID = REPO / "experiments" / "grid.yaml"
 
 @dataclass(frozen=True)
 class Run:
-    method: str
+    method: str      # a method, or a variant of one (its directory name)
     seed: int
     iterations: int
     experiment: str  # groups runs in W&B and on disk
     output_root: Path
+    base_method: str = ""          # the method a variant runs (default: `method`)
+    overrides: tuple[str, ...] = ()  # the variant's own overrides
 
     @property
     def output_dir(self) -> Path:
@@ -61,8 +68,10 @@ def grid_runs(grid: dict, budget: str, output_root: str | Path | None = None) ->
         raise SystemExit(f"unknown budget {budget!r}; grid.yaml has {sorted(grid['budgets'])}")
     root = resolve_root(output_root if output_root is not None else grid["output_root"])
     experiment = f"{grid['name']}-{budget}"
+    variants = grid.get("variants") or {}
     return [
-        Run(method, int(seed), int(grid["budgets"][budget]), experiment, root)
+        Run(method, int(seed), int(grid["budgets"][budget]), experiment, root,
+            variants.get(method, {}).get("method", method), tuple(variants.get(method, {}).get("overrides", ())))
         for method in grid["methods"]
         for seed in grid["seeds"]
     ]
@@ -110,12 +119,13 @@ def command(
     process waits alone forever.
     """
     run_overrides = [
-        f"rl_script_args.method={run.method}",
+        f"rl_script_args.method={run.base_method or run.method}",
         f"rl_script_args.seed={run.seed}",
         f"rl_script_args.iterations={run.iterations}",
         f"rl_script_args.output_dir={run.output_dir}",
         f"setting={setting}",
         f"wandb.group={run.experiment}",
+        *run.overrides,
     ]
     script = REPO / "bidir" / "train.py"
     if launcher == "python":
@@ -140,15 +150,31 @@ def command(
             + [f"--config-path={REPO / 'lamorel_configs'}", f"--config-name={launcher}"])
 
 
-def run_local(commands: list[list[str]]) -> int:
-    """Run the commands one after another (finished runs return at once: they resume)."""
-    failed = 0
-    for i, cmd in enumerate(commands):
-        print(f"[plan {i + 1}/{len(commands)}] {shlex.join(cmd)}", flush=True)
-        rc = subprocess.run(cmd, cwd=REPO).returncode
-        if rc != 0:
-            print(f"[plan {i + 1}/{len(commands)}] exited with {rc}", flush=True)
-            failed += 1
+def run_local(commands: list[list[str]], logs: list[Path] | None = None, jobs: int = 1) -> int:
+    """Run the commands here, `jobs` at a time (finished runs return at once: they resume).
+    With one job a run prints to the console; with several each writes to its log file."""
+    failed, running, pending = 0, {}, list(enumerate(commands))
+    while pending or running:
+        while pending and len(running) < jobs:
+            i, cmd = pending.pop(0)
+            print(f"[plan {i + 1}/{len(commands)}] {shlex.join(cmd)}", flush=True)
+            if jobs == 1 or logs is None:
+                out = None
+            else:
+                logs[i].parent.mkdir(parents=True, exist_ok=True)
+                out = logs[i].open("a")
+            running[i] = (subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT if out else None), out)
+        time.sleep(0.2)
+        for i, (process, out) in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[i]
+            if out:
+                out.close()
+            if process.returncode != 0:
+                failed += 1
+            print(f"[plan {i + 1}/{len(commands)}] exited with {process.returncode}"
+                  + (f" (log: {logs[i]})" if out else ""), flush=True)
     print(f"[plan] {len(commands) - failed}/{len(commands)} runs succeeded", flush=True)
     return 1 if failed else 0
 
@@ -159,9 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--count", action="store_true", help="print the number of runs in the grid")
     what.add_argument("--task-id", type=int, help="print the command of this array index")
     what.add_argument("--list", action="store_true", help="print every command in array order")
-    what.add_argument("--local", action="store_true", help="run the grid here, in sequence")
+    what.add_argument("--local", action="store_true", help="run the grid here (see --jobs)")
     what.add_argument("--method", help="one run outside the grid (with --seed, --iterations)")
     parser.add_argument("--grid", type=Path, default=DEFAULT_GRID, help="experiment definition")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="with --local: runs at a time (give each a core: torch_threads is 1)")
     parser.add_argument("--budget", default="short", help="a key of the grid's budgets")
     parser.add_argument("--seed", type=int, default=1, help="with --method")
     parser.add_argument("--iterations", type=int, help="with --method (default: the budget's)")
@@ -204,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs
     ]
     if args.local:
-        return run_local(commands)
+        if args.jobs < 1:
+            parser.error("--jobs must be at least 1")
+        return run_local(commands, [run.output_dir.parent / f"{run.output_dir.name}.log" for run in runs], args.jobs)
     if args.task_id is not None:
         if not 0 <= args.task_id < len(commands):
             parser.error(f"--task-id {args.task_id} outside 0..{len(commands) - 1}")

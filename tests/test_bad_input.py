@@ -1,4 +1,6 @@
-"""Bad input is reported in one clear line, before any heavy work, with exit code 2."""
+"""Bad input is reported in one clear line, before any heavy work, with exit code 2, and leaves the
+output directory exactly as it was (absent stays absent, a run stays untouched). Every case goes
+through the real command line."""
 import os
 import subprocess
 import sys
@@ -6,46 +8,94 @@ import time
 
 import pytest
 
+TINY = ["rl_script_args.n_envs=2", "rl_script_args.steps_per_iteration=16", "rl_script_args.eval_episodes=0",
+        "wandb.mode=disabled"]
 
-def run_train(tmp_path, *overrides):
+
+def run(*command, env=None, timeout=120):
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "bidir.train", f"rl_script_args.output_dir={tmp_path / 'run'}",
-                             "wandb.mode=disabled", *overrides], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, timeout=timeout,
+                            env=env)
     return result, time.monotonic() - started
 
 
-@pytest.mark.parametrize("override, message", [
-    ("rl_script_args.method=bidr", "unknown method 'bidr'; choose one of: bidir, t2s, glam, student"),
-    ("rl_script_args.env_id=BabyAI-GoToRedBallNoDist-v0", "BabyAI-GoToRedBallNoDists-v0"),
-    ("rl_script_args.n_envs=0", "n_envs"),
-    ("rl_script_args.instructions=[turn left,jump]", "jump"),
-    ("lamorel_args.llm_configs.main_llm.model_path=/nonexistent/model", "/nonexistent/model"),
-    ("lamorel_args.llm_configs.main_llm.model_path=google/flan-t5-small", "tiny-t5-bc"),
-])
-def test_bad_input_fails_fast_with_one_line(tmp_path, override, message):
-    result, seconds = run_train(tmp_path, override)
+def run_train(output_dir, *overrides, env=None):
+    return run("bidir.train", f"rl_script_args.output_dir={output_dir}", *TINY, *overrides, env=env)
+
+
+def snapshot(directory):
+    """Every file under `directory` with its size, modification time and content; None if absent."""
+    if not directory.exists():
+        return None
+    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def assert_one_error_line(result, message, prefix="bidir: error:"):
     assert result.returncode == 2, result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("bidir: error:")]
+    assert "Traceback" not in result.stderr, result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith(prefix)]
     assert len(error_lines) == 1 and message in error_lines[0], result.stderr
+    return error_lines[0]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rl_script_args.method=bidr", "rl_script_args.method: unknown method 'bidr'; choose one of: bidir, t2s, glam, "
+                                   "student"),
+    ("rl_script_args.env_id=BabyAI-GoToRedBallNoDist-v0",
+     "rl_script_args.env_id: Unknown env_id 'BabyAI-GoToRedBallNoDist-v0'; closest: BabyAI-GoToRedBallNoDists-v0"),
+    ("rl_script_args.n_envs=0", "rl_script_args.n_envs must be >= 1, got 0"),
+    ("rl_script_args.n_envs=abc", "rl_script_args.n_envs must be an integer (default: 8), got 'abc'"),
+    ("rl_script_args.iterations=abc", "rl_script_args.iterations must be an integer (default: 40), got 'abc'"),
+    ("rl_script_args.iterations=2.5", "rl_script_args.iterations must be an integer (default: 40), got 2.5"),
+    ("rl_script_args.iterations=-1", "rl_script_args.iterations must be >= 0, got -1"),
+    ("rl_script_args.steps_per_iteration=15",
+     "rl_script_args.steps_per_iteration (15) must be a multiple of rl_script_args.n_envs (2)"),
+    ("rl_script_args.student_lr=fast", "rl_script_args.student_lr must be a number (default: 0.001), got 'fast'"),
+    ("rl_script_args.message_dropout=true", "rl_script_args.message_dropout must be a number"),
+    ("rl_script_args.gamma=1.5", "rl_script_args.gamma must be in [0.0, 1.0], got 1.5"),
+    ("rl_script_args.critique_in_prompt=1", "rl_script_args.critique_in_prompt must be true or false"),
+    ("rl_script_args.method=1", "rl_script_args.method must be a string (default: 'bidir'), got 1"),
+    ("rl_script_args.instructions=turn left", "rl_script_args.instructions must be a list"),
+    ("rl_script_args.instructions=[]", "rl_script_args.instructions is empty"),
+    ("rl_script_args.instructions=[turn left,jump]", "rl_script_args.instructions: Instruction(s) ['jump'] map to "
+                                                     "no minigrid action; valid instructions: turn left"),
+    ("lamorel_args.llm_configs.main_llm.model_path=/tmp/does/not/exist",
+     "lamorel_args.llm_configs.main_llm.model_path: model path '/tmp/does/not/exist' does not exist"),
+    ("lamorel_args.llm_configs.main_llm.model_path=google/flan-t5-small", "model_path=tiny-t5-bc"),
+    ("setting=paper", "model_path=tiny-t5-bc"),  # flan-t5-small, and no hub here
+])
+def test_bad_input_fails_fast_with_one_line_and_creates_nothing(tmp_path, override, message):
+    result, seconds = run_train(tmp_path / "run", override)
+    assert_one_error_line(result, message)
     assert seconds < 60
-    assert not (tmp_path / "run" / "metrics.csv").exists()
+    assert not (tmp_path / "run").exists()
+
+
+def test_wandb_online_without_credentials(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
+    env.update(HOME=str(home), WANDB_CONFIG_DIR=str(home / "wandb"), NETRC=str(home / "netrc"))
+    result, seconds = run_train(tmp_path / "run", "wandb.mode=online", env=env)
+    assert_one_error_line(result, "run `wandb login` or set WANDB_API_KEY, or log offline with wandb.mode=offline")
+    assert seconds < 60 and not (tmp_path / "run").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_output_dir(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    result = subprocess.run([sys.executable, "-m", "bidir.train", f"rl_script_args.output_dir={locked / 'run'}"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "not writable" in result.stderr
+    result, _ = run_train(locked / "run")
+    assert_one_error_line(result, "not writable")
 
 
 def test_output_dir_that_is_a_file(tmp_path):
     target = tmp_path / "file"
     target.write_text("")
-    result = subprocess.run([sys.executable, "-m", "bidir.train", f"rl_script_args.output_dir={target}",
-                             "wandb.mode=disabled"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "not writable" in result.stderr
+    result, _ = run_train(target)
+    assert_one_error_line(result, f"output_dir {target} is not writable: {target} is not a directory")
+    assert target.read_text() == ""
 
 
 @pytest.mark.parametrize("override, message", [
@@ -54,5 +104,58 @@ def test_output_dir_that_is_a_file(tmp_path):
     ("setting=nope", "Could not find 'setting/nope'"),
 ])
 def test_a_config_hydra_cannot_compose_exits_2(tmp_path, override, message):
-    result, _ = run_train(tmp_path, override)
+    result, _ = run_train(tmp_path / "run", override)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def student_run(tmp_path_factory):
+    """A finished one-iteration `student` run (seed 1) with its checkpoint."""
+    out = tmp_path_factory.mktemp("resume") / "run"
+    result, _ = run_train(out, "rl_script_args.method=student", "rl_script_args.iterations=1")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.mark.parametrize("override, difference", [
+    ("rl_script_args.method=glam", "rl_script_args.method ('student' there, 'glam' here)"),
+    ("rl_script_args.env_id=BabyAI-GoToLocal-v0",
+     "rl_script_args.env_id ('BabyAI-GoToRedBallNoDists-v0' there, 'BabyAI-GoToLocal-v0' here)"),
+    ("rl_script_args.seed=2", "rl_script_args.seed (1 there, 2 here)"),
+    ("rl_script_args.n_envs=4", "rl_script_args.n_envs (2 there, 4 here)"),
+    ("rl_script_args.steps_per_iteration=32", "rl_script_args.steps_per_iteration (16 there, 32 here)"),
+    ("lamorel_args.llm_configs.main_llm.model_path=tiny-t5", "lamorel_args.llm_configs.main_llm.model_path"),
+    ("rl_script_args.iterations=abc", "rl_script_args.iterations must be an integer"),
+])
+def test_resuming_with_another_configuration_is_refused(student_run, override, difference):
+    before = snapshot(student_run)
+    result, _ = run_train(student_run, "rl_script_args.method=student", "rl_script_args.iterations=2", override)
+    line = assert_one_error_line(result, difference)
+    if "there" in difference:
+        assert line.count(" there, ") == 1, line  # names each differing key, and only those
+        assert f"Resume it with its own values ({student_run / 'config.yaml'})" in line
+    assert snapshot(student_run) == before
+
+
+def test_a_changed_budget_or_presentation_key_resumes(tmp_path):
+    out = tmp_path / "run"
+    assert run_train(out, "rl_script_args.method=student", "rl_script_args.iterations=1")[0].returncode == 0
+    result, _ = run_train(out, "rl_script_args.method=student", "rl_script_args.iterations=2",
+                          "rl_script_args.keep_checkpoints=1", "wandb.project=elsewhere")
+    assert result.returncode == 0, result.stderr
+    assert [line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]] == ["0", "1"]
+
+
+def test_bidir_eval_bad_input_and_default_output(student_run, tmp_path):
+    before = snapshot(student_run)
+    result, _ = run("bidir.evaluate", str(student_run), "--episodes", "0")
+    assert_one_error_line(result, "--episodes: expected a positive integer, got 0", prefix="bidir-eval: error:")
+    assert snapshot(student_run) == before
+    result, _ = run("bidir.evaluate", str(tmp_path / "none"))
+    assert_one_error_line(result, "not a bidir run directory", prefix="bidir-eval: error:")
+    # a re-evaluation never replaces the run's own held-out result (what bidir-compare reports)
+    result, _ = run("bidir.evaluate", str(student_run), "--episodes", "2")
+    assert result.returncode == 0, result.stderr
+    assert f"written to {student_run / 'eval_iter_000001_seed0.json'}" in result.stdout
+    assert {k: v for k, v in snapshot(student_run).items() if k != "eval_iter_000001_seed0.json"} == before

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from bidir.compare import frames_to, load_runs, mean_ci, smooth, summarize
+from bidir.compare import frames_to, load_runs, mean_ci, paired_difference, smooth, summarize
 
 
 def test_mean_ci_uses_students_t():
     mean, half = mean_ci([1.0, 2.0, 3.0])  # sd 1, t(0.975, 2 dof) = 4.303
     assert mean == 2.0 and half == pytest.approx(4.303 / math.sqrt(3), rel=1e-6)
-    assert mean_ci([0.5]) == (0.5, 0.0)
+    assert mean_ci([0.5])[0] == 0.5 and math.isnan(mean_ci([0.5])[1])  # one run: no interval
     assert math.isnan(mean_ci([])[0])
 
 
@@ -56,6 +56,21 @@ def test_summary_from_run_directories(tmp_path):
     assert table["student"]["reached_return_0.8"] == 0
 
 
+def test_plan_layout_groups_by_variant_and_pairs_seeds(tmp_path):
+    # <experiment>/<variant>/seed<N>: an ablation of bidir is its own group
+    write_run(tmp_path / "x" / "bidir" / "seed1", "bidir", 1, [0.5, 0.9])
+    write_run(tmp_path / "x" / "bidir" / "seed2", "bidir", 2, [0.5, 0.7])
+    write_run(tmp_path / "x" / "bidir-no-critique" / "seed1", "bidir", 1, [0.5, 0.6])
+    write_run(tmp_path / "x" / "bidir-no-critique" / "seed2", "bidir", 2, [0.5, 0.6])
+    write_run(tmp_path / "x" / "bidir-no-critique" / "seed3", "bidir", 3, [0.5, 0.6])
+    runs = load_runs([str(tmp_path / "x" / "*" / "seed*")])
+    assert sorted(runs) == ["bidir", "bidir-no-critique"]
+    final = lambda run: float(run["return"][-1])  # noqa: E731
+    # seeds 1 and 2 in both: differences 0.3 and 0.1, mean 0.2, t(1) = 12.706, sd 0.1414 / sqrt(2)
+    mean, ci, n = paired_difference(runs["bidir"], runs["bidir-no-critique"], final)
+    assert n == 2 and mean == pytest.approx(0.2) and ci == pytest.approx(12.706 * 0.1)
+
+
 def test_cli_writes_table_and_plot_and_rejects_empty_input(tmp_path):
     write_run(tmp_path / "runs" / "s1", "glam", 1, [0.1, 0.2, 0.3])
     out = tmp_path / "cmp"
@@ -66,3 +81,33 @@ def test_cli_writes_table_and_plot_and_rejects_empty_input(tmp_path):
     empty = subprocess.run([sys.executable, "-m", "bidir.compare", str(tmp_path / "nothing")],
                            capture_output=True, text=True, timeout=120)
     assert empty.returncode == 2 and "no run directories" in empty.stderr
+
+
+def test_cli_warns_about_unequal_budgets_and_short_runs_and_gives_no_interval_for_one_run(tmp_path):
+    write_run(tmp_path / "runs" / "bidir1", "bidir", 1, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    write_run(tmp_path / "runs" / "bidir2", "bidir", 2, [0.1, 0.2, 0.3, 0.4, 0.5, 0.7])
+    write_run(tmp_path / "runs" / "glam1", "glam", 1, [0.1, 0.2, 0.3])
+    done = subprocess.run([sys.executable, "-m", "bidir.compare", str(tmp_path / "runs" / "*"), "--out",
+                           str(tmp_path / "cmp")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("bidir-compare: warning:")]
+    assert warnings == [
+        "bidir-compare: warning: runs differ in length (bidir: 6 iterations; glam: 3 iterations): final figures "
+        "and frames to thresholds compare different budgets",
+        "bidir-compare: warning: glam: a run of 3 iterations is shorter than the smoothing window (5); glam is "
+        "left out of the plot (lower --smooth)"]
+    rows = {line.split("|")[1].strip(): line for line in done.stdout.splitlines() if line.startswith("| ")}
+    assert "| 2 | 0.410 ± 0.127 |" in rows["bidir"]  # mean of the last 5 iterations, 2 runs
+    assert "| 1 | 0.200 | 1.000 |" in rows["glam"] and "±" not in rows["glam"]
+
+
+def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
+    write_run(tmp_path / "runs" / "s1", "glam", 1, [0.1, 0.2, 0.3])
+    for args, message in [(["--smooth", "0"], "--smooth: expected a positive integer, got 0"),
+                          (["--last", "x"], "--last: expected a positive integer, got 'x'")]:
+        done = subprocess.run([sys.executable, "-m", "bidir.compare", str(tmp_path / "runs" / "*"), *args,
+                               "--out", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        errors = [line for line in done.stderr.splitlines() if line.startswith("bidir-compare: error:")]
+        assert len(errors) == 1 and message in errors[0], done.stderr
+    assert not (tmp_path / "cmp").exists()

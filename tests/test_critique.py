@@ -1,20 +1,72 @@
-"""The critique's sign rules (DESIGN.md §3 step 4) and the teacher's reward."""
+"""The student's critique of the teacher (docs/design.md, "The critique"), on hand-computed cases:
+which rows train the teacher's PPO, with which advantage, and which rows it imitates."""
 import numpy as np
+import pytest
 
-from bidir.critique import critique, critique_sentence, teacher_rewards
+from bidir.agent import behaviour_logprob
+from bidir.critique import critique_sentence, normalised, teacher_targets
+
+INSTRUCTION = np.array([0, 1, 2, 3])
+ACTION = np.array([0, 4, 2, 5])          # rows 0 and 2 executed the instruction; 1 and 3 are the student's
+EXECUTED = np.array([True, False, True, False])
+OWN = np.array([0.2, 0.4, -0.2, 0.0], np.float32)
+STUDENT = np.array([1.0, 2.0, -1.0, -2.0], np.float32)   # std = sqrt(2.5)
 
 
-def test_followed_instruction_inherits_the_students_advantage():
-    # followed: c = A; ignored: c = -kappa * A (the instruction loses what the student's own choice gained)
-    c = critique(np.array([0.5, -0.5, 0.5, -0.5]), np.array([True, True, False, False]), kappa=2.0)
-    np.testing.assert_allclose(c, [0.5, -0.5, -1.0, 1.0])
+def test_normalised_divides_by_the_standard_deviation_and_keeps_signs():
+    np.testing.assert_allclose(normalised(STUDENT), STUDENT / np.sqrt(2.5), rtol=1e-6)
+    np.testing.assert_allclose(normalised(np.array([0.3, 0.3])), [0.3, 0.3])  # no spread: unchanged
+    np.testing.assert_allclose(normalised(np.array([1.0, 3.0]), np.array([0.0, 2.0])), [1.0, 3.0])
 
 
-def test_teacher_reward_adds_beta_times_critique():
-    r = teacher_rewards(np.array([0.0, 0.0, 1.0, 0.0]), np.array([0.5, -0.5, -1.0, 1.0]), beta=0.5)
-    np.testing.assert_allclose(r, [0.25, -0.25, 0.5, 0.5])
+def test_without_critique_ppo_trains_on_executed_rows_with_the_teachers_own_advantage():
+    t = teacher_targets(INSTRUCTION, ACTION, EXECUTED, OWN, STUDENT, use_student_advantage=False, imitate=False)
+    np.testing.assert_array_equal(t.ppo, EXECUTED)
+    np.testing.assert_array_equal(t.action[EXECUTED], INSTRUCTION[EXECUTED])
+    # scaled by the spread of the executed rows' advantages (0.2, -0.2): std 0.2
+    np.testing.assert_allclose(t.advantage, OWN / 0.2, rtol=1e-6)
+    np.testing.assert_array_equal(t.imitation, 0.0)
+
+
+def test_critique_advantage_replaces_the_teachers_own():
+    t = teacher_targets(INSTRUCTION, ACTION, EXECUTED, OWN, STUDENT, use_student_advantage=True, imitate=False)
+    np.testing.assert_allclose(t.advantage, STUDENT / np.sqrt(2.5), rtol=1e-6)
+    np.testing.assert_array_equal(t.imitation, 0.0)
+
+
+def test_imitation_only_of_the_students_own_choices_that_its_critic_liked():
+    t = teacher_targets(INSTRUCTION, ACTION, EXECUTED, OWN, STUDENT, use_student_advantage=True, imitate=True)
+    # row 1: the student's action 4, advantage 2 -> weight 2 / sqrt(2.5); row 3: negative -> 0;
+    # executed rows are PPO's, never imitated
+    np.testing.assert_allclose(t.imitation, [0.0, 2.0 / np.sqrt(2.5), 0.0, 0.0], rtol=1e-6)
+    np.testing.assert_array_equal(t.action, [0, 4, 2, 5])
+
+
+def test_without_a_student_there_is_nothing_to_critique():
+    everything = np.ones(4, bool)
+    t = teacher_targets(INSTRUCTION, INSTRUCTION, everything, OWN, None, use_student_advantage=True, imitate=True)
+    np.testing.assert_array_equal(t.ppo, everything)
+    np.testing.assert_allclose(t.advantage, OWN / OWN.std(), rtol=1e-6)
+    np.testing.assert_array_equal(t.imitation, 0.0)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.25, 1.0])
+def test_behaviour_probability_of_the_acting_mixture(eps):
+    pi_s = np.array([[0.5, 0.3, 0.2], [0.5, 0.3, 0.2]])
+    action, instruction = np.array([1, 2]), np.array([1, 0])
+    # row 0 took the instruction: eps + (1 - eps) * 0.3; row 1 did not: (1 - eps) * 0.2
+    expected = [eps + (1 - eps) * 0.3, (1 - eps) * 0.2]
+    with np.errstate(divide="ignore"):
+        np.testing.assert_allclose(behaviour_logprob(pi_s, action, instruction, eps), np.log(expected), rtol=1e-6)
 
 
 def test_critique_sentence():
     assert critique_sentence("go forward", 0.3) == 'the student found "go forward" helpful'
     assert critique_sentence("toggle", -0.1) == 'the student found "toggle" not helpful'
+
+
+def test_without_normalisation_advantages_keep_their_scale():
+    t = teacher_targets(INSTRUCTION, ACTION, EXECUTED, OWN, STUDENT, use_student_advantage=True, imitate=True,
+                        normalise=False)
+    np.testing.assert_allclose(t.advantage, STUDENT)
+    np.testing.assert_allclose(t.imitation, [0.0, 2.0, 0.0, 0.0])

@@ -1,4 +1,4 @@
-"""BabyAI-Text descriptions, the text wrapper and TextVecEnv, checked against DESIGN.md section 4.
+"""BabyAI-Text descriptions, the text wrapper and TextVecEnv, checked against docs/design.md, "BabyAI-Text".
 
 Hand-built views use minigrid's layout: ``image[x, y]`` with the agent at (3, 6) facing
 decreasing y, so a cell (3, y) is ``6 - y`` steps forward and (x, 6) is ``|x - 3|`` steps

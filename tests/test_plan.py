@@ -121,3 +121,26 @@ def test_multinode_command_is_torchrun_with_the_rendezvous():
     assert out[-2:] == [f"--config-path={REPO}/lamorel_configs", "--config-name=multi_node"]
     assert "lamorel_args.distributed_setup_args.multinode_args.main_process_ip=node1" in out
     assert "lamorel_args.distributed_setup_args.multinode_args.main_process_port=25007" in out
+
+
+def test_variants_and_two_jobs_at_a_time(tmp_path):
+    # a variant runs its method with its own overrides in its own directory; --jobs 2 keeps two
+    # runs going at once, each writing to its log beside its run directory
+    grid = plan.load_grid()
+    grid.update(methods=["student", "bidir-no-distill"], seeds=[1, 2], output_root=str(tmp_path / "runs"),
+                variants={"bidir-no-distill": {"method": "bidir", "overrides": ["rl_script_args.distill_coef=0"]}})
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump(grid))
+    events = tmp_path / "events.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "start $*" >> {events}\necho "running $*"\nsleep 1\necho "end" >> {events}\n')
+    fake.chmod(0o755)
+    common = ["--grid", grid_file, "--python", fake, "setting=offline"]
+    variant = run_plan("--task-id", 2, *common).stdout.split()
+    assert "rl_script_args.method=bidir" in variant and "rl_script_args.distill_coef=0" in variant
+    assert f"rl_script_args.output_dir={tmp_path}/runs/paper-short/bidir-no-distill/seed1" in variant
+    run_plan("--local", "--jobs", 2, *common)
+    lines = events.read_text().splitlines()
+    assert [line.split()[0] for line in lines[:2]] == ["start", "start"]  # the second began before the first ended
+    assert sum(line.startswith("start") for line in lines) == 4
+    assert "running" in (tmp_path / "runs" / "paper-short" / "bidir-no-distill" / "seed2.log").read_text()

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from bidir.ppo import Batch, gae, policy_loss, value_loss
-from bidir.student import distill_weight, kl_teacher_student
+from bidir.ppo import Batch, anneal, gae, policy_loss, value_loss
+from bidir.student import kl_teacher_student
 
 
 def test_gae_matches_hand_computation():
@@ -47,9 +47,9 @@ def test_value_loss_takes_the_worse_of_clipped_and_unclipped():
     assert value_loss(torch.tensor([1.0]), torch.tensor([0.9]), torch.tensor([2.0]), 0.2).item() == pytest.approx(1.0)
 
 
-def test_distillation_weight_anneals_linearly_to_zero():
-    assert [distill_weight(k, 2.0, 20) for k in (0, 5, 10, 20, 30)] == [2.0, 1.5, 1.0, 0.0, 0.0]
-    assert distill_weight(0, 1.0, 0) == 0.0
+def test_schedules_anneal_linearly_to_zero():
+    assert [anneal(k, 2.0, 20) for k in (0, 5, 10, 20, 30)] == [2.0, 1.5, 1.0, 0.0, 0.0]
+    assert anneal(0, 1.0, 0) == 0.0
 
 
 def test_kl_teacher_student():

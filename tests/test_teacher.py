@@ -45,14 +45,17 @@ def test_advice_is_a_distribution_and_repeated_prompts_reach_the_llm_once():
     assert teacher.llm_contexts == 3
 
 
-def ppo_update(teacher, advantage, tmp_path):
+def ppo_update(teacher, advantage, tmp_path, ppo=(True, True), imitation=(0.0, 0.0), value_loss_coef=0.5,
+               entropy_coef=0.0):
     probs, values = teacher.advise(PROMPTS)
     actions = np.array([2, 2])
     args = OmegaConf.create({"teacher_minibatch_size": 2, "teacher_lr": 1e-2, "teacher_epochs": 2,
-                             "teacher_gradient_batch_size": 1, "teacher_clip_eps": 0.2, "teacher_entropy_coef": 0.0,
-                             "teacher_value_loss_coef": 0.5, "teacher_max_grad_norm": 10.0})
+                             "teacher_gradient_batch_size": 1, "teacher_clip_eps": 0.2, "teacher_entropy_coef": entropy_coef,
+                             "teacher_value_loss_coef": value_loss_coef, "teacher_max_grad_norm": 10.0,
+                             "critique_imitation": 1.0})
     losses = teacher.update(PROMPTS, actions, np.log(probs[[0, 1], actions]), values, np.full(2, advantage),
-                            values + advantage, args, save_to=str(tmp_path / TEACHER_CHECKPOINT), resume_from=None)
+                            values + advantage, np.array(ppo), np.array(imitation), args,
+                            save_to=str(tmp_path / TEACHER_CHECKPOINT), resume_from=None)
     return probs, losses
 
 
@@ -61,8 +64,28 @@ def test_ppo_update_moves_the_chosen_instruction_with_its_advantage(tmp_path, ad
     teacher = make_teacher(TeacherPPOUpdater())
     before, losses = ppo_update(teacher, advantage, tmp_path)
     after, _ = teacher.advise(PROMPTS)
-    assert set(losses) == {"teacher_policy_loss", "teacher_value_loss", "teacher_entropy"}
+    assert set(losses) == {"teacher_policy_loss", "teacher_value_loss", "teacher_entropy", "teacher_imitation_loss"}
     assert np.all(np.sign(after[:, 2] - before[:, 2]) == np.sign(advantage))
+
+
+def test_rows_outside_ppo_leave_the_policy_alone(tmp_path):
+    # neither a strongly negative advantage nor the entropy bonus may move pi_T on rows the
+    # teacher did not execute (value loss off: its gradient reaches the shared LLM and would move
+    # pi_T through it)
+    teacher = make_teacher(TeacherPPOUpdater())
+    before, losses = ppo_update(teacher, -5.0, tmp_path, ppo=(False, False), value_loss_coef=0.0, entropy_coef=1.0)
+    after, _ = teacher.advise(PROMPTS)
+    assert losses["teacher_policy_loss"] == 0.0
+    np.testing.assert_allclose(after, before, atol=1e-6)
+
+
+def test_imitation_raises_the_imitated_action(tmp_path):
+    # no PPO rows, a negative advantage that would lower it, an imitation weight on the first prompt only
+    teacher = make_teacher(TeacherPPOUpdater())
+    before, losses = ppo_update(teacher, -1.0, tmp_path, ppo=(False, False), imitation=(2.0, 0.0))
+    after, _ = teacher.advise(PROMPTS)
+    assert losses["teacher_imitation_loss"] > 0
+    assert after[0, 2] > before[0, 2]
 
 
 def test_saved_teacher_reloads_with_identical_outputs(tmp_path):

@@ -3,6 +3,7 @@ resume equality, and a checkpoint's evaluation."""
 import csv
 import json
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 
@@ -46,9 +47,9 @@ def test_two_iterations_write_a_valid_metrics_csv(tmp_path, method):
     if method in ("bidir", "glam"):
         assert rows[1]["teacher_value_loss"] != ""
     if method in ("bidir", "t2s"):
-        assert float(rows[0]["distill_weight"]) == 1.0 and rows[0]["agreement_rate"] != ""
+        assert float(rows[0]["distill_weight"]) == 3.0 and rows[0]["agreement_rate"] != ""
     if method == "bidir":
-        assert rows[0]["critique_mean"] != ""
+        assert int(rows[0]["teacher_imitation_rows"]) >= 0 and float(rows[0]["teacher_acts"]) == 1.0
 
 
 @pytest.mark.parametrize("method", ["bidir", "student"])
@@ -82,6 +83,8 @@ def test_reloaded_checkpoint_gives_the_same_evaluation(tmp_path):
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "nan"
     train(small_config(out, "student", "rl_script_args.iterations=1", "rl_script_args.eval_episodes=0"))
+    saved = out / "config.yaml"  # the same run, whose rewards turn NaN from iteration 1 on
+    saved.write_text(saved.read_text().replace("reward_scale: 1.0", "reward_scale: .nan"))
     with pytest.raises(FloatingPointError, match="student_.* is nan at iteration 1"):
         train(small_config(out, "student", "rl_script_args.iterations=3", "rl_script_args.reward_scale=nan"))
     assert sorted(p.name for p in (out / "checkpoints").glob("iter_*[0-9]")) == ["iter_000001"]
@@ -134,3 +137,25 @@ def test_bidir_eval_cli_on_a_run_directory(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "bidir.evaluate", str(tmp_path / "none")],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "not a bidir run directory" in missing.stderr
+
+
+@pytest.mark.parametrize("teacher_acts", [0.0, 1.0])
+def test_who_acts_and_the_behaviour_probability_the_student_learns_from(tmp_path, teacher_acts):
+    # eps = 1: every action is the teacher's instruction, with behaviour probability 1;
+    # eps = 0: the student acts, and its own probability is the behaviour's
+    from bidir.teacher_model import resolve_model_path
+    from bidir.train import Phases, Trainer, start_teacher_llm
+    config = small_config(tmp_path, "bidir", f"rl_script_args.teacher_acts={teacher_acts}")
+    config.lamorel_args.llm_configs.main_llm.model_path = resolve_model_path("tiny-t5")
+    trainer = Trainer(config, start_teacher_llm(config, None), None)
+    buf, _ = trainer.collect(Phases())
+    assert buf["executed"].all() == bool(teacher_acts) and buf["executed"].any() == bool(teacher_acts)
+    if teacher_acts:
+        assert (buf["action"] == buf["instruction"]).all()
+        assert (buf["logprob"] == 0.0).all()
+    else:
+        assert (buf["logprob"] < 0.0).all()
+    data = trainer.teacher_transitions(buf, np.zeros(2, np.float32), np.ones(buf["done"].shape, np.float32))
+    # PPO only where the teacher's instruction was executed; imitation only where the student chose
+    assert data["ppo"].all() == bool(teacher_acts) and not (data["imitation"][data["ppo"]] > 0).any()
+    assert (data["imitation"] > 0).all() != bool(teacher_acts)

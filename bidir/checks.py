@@ -1,0 +1,216 @@
+"""Checks of a run's configuration, made before anything is created or loaded: each failure is one
+`UsageError` line that names the key (or file) and the fix, and `bidir.train` exits with 2.
+
+Types come from bidir/conf/config.yaml itself: a key's default fixes its type (an integer default
+takes integers, a float default takes floats or integers, and so on), so a key added there is
+checked with no further edit. Keys whose default is empty (null) take any value.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+DEFAULTS = Path(__file__).parent / "conf" / "config.yaml"
+MODEL_PATH = "lamorel_args.llm_configs.main_llm.model_path"
+
+RANGES = {  # bounds (inclusive, None: open) beyond the type, for keys whose nonsense values would crash or mislead
+    "rl_script_args.iterations": (0, None),
+    "rl_script_args.n_envs": (1, None),
+    "rl_script_args.steps_per_iteration": (1, None),
+    "rl_script_args.gamma": (0.0, 1.0),
+    "rl_script_args.lam": (0.0, 1.0),
+    "rl_script_args.student_epochs": (1, None),
+    "rl_script_args.student_minibatch_size": (1, None),
+    "rl_script_args.distill_iterations": (1, None),
+    "rl_script_args.message_dropout": (0.0, 1.0),
+    "rl_script_args.teacher_acts": (0.0, 1.0),
+    "rl_script_args.teacher_acts_iterations": (0, None),
+    "rl_script_args.critique_imitation": (0.0, None),
+    "rl_script_args.teacher_every": (1, None),
+    "rl_script_args.prompt_history": (1, None),
+    "rl_script_args.teacher_epochs": (1, None),
+    "rl_script_args.teacher_minibatch_size": (1, None),
+    "rl_script_args.teacher_gradient_batch_size": (1, None),
+    "rl_script_args.eval_episodes": (0, None),
+    "rl_script_args.keep_checkpoints": (1, None),
+    "rl_script_args.torch_threads": (0, None),
+    "lamorel_args.llm_configs.main_llm.lora.r": (1, None),
+}
+
+RESUMABLE_CHANGES = (  # how long a run goes, where it runs and how it is shown, not what it computes
+    "rl_script_args.iterations", "rl_script_args.output_dir", "rl_script_args.path",
+    "rl_script_args.eval_episodes", "rl_script_args.keep_checkpoints", "rl_script_args.torch_threads",
+    "wandb.", "lamorel_args.log_level", "lamorel_args.distributed_setup_args.init_timeout",
+    "lamorel_args.distributed_setup_args.timeout",
+    "lamorel_args.distributed_setup_args.multinode_args.",  # a requeued SLURM job lands on other nodes
+)
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+
+
+class UsageError(Exception):
+    """Bad configuration or input, reported in one line before any heavy work (exit code 2)."""
+
+
+def check_config(config: DictConfig):
+    """Rejects bad input before anything is created, with one clear line (UsageError). Replaces
+    the LLM's model name by the path it resolves to (what config.yaml records)."""
+    from bidir.envs import instruction_actions, make_text_env
+    from bidir.llm import under_lamorel_launcher
+    from bidir.methods import get_method
+    from bidir.teacher_model import check_llm_config, resolve_model_path
+
+    check_types(config)
+    check_ranges(config)
+    args = config.rl_script_args
+    if not args.instructions:
+        raise UsageError("rl_script_args.instructions is empty; give at least one, e.g. "
+                         "'rl_script_args.instructions=[turn left,turn right,go forward]'")
+    for key, check in [("method", get_method), ("env_id", lambda env_id: make_text_env(env_id).close()),
+                       ("instructions", instruction_actions)]:
+        try:
+            check(args[key])
+        except ValueError as error:
+            raise UsageError(f"rl_script_args.{key}: {error}") from None
+    method = get_method(args.method)
+    if args.steps_per_iteration % args.n_envs:
+        raise UsageError(f"rl_script_args.steps_per_iteration ({args.steps_per_iteration}) must be a multiple of "
+                         f"rl_script_args.n_envs ({args.n_envs})")
+    check_writable(Path(args.output_dir))
+    if method.teacher or under_lamorel_launcher():  # the launcher starts LLM servers whatever the method
+        llm = config.lamorel_args.llm_configs.main_llm
+        try:
+            llm.model_path = resolve_model_path(llm.model_path)
+        except (ValueError, OSError) as error:
+            raise UsageError(f"{MODEL_PATH}: {error}") from None
+        try:
+            check_llm_config(llm)  # model_type matches the model; lora block and peft
+        except (ValueError, OSError) as error:
+            raise UsageError(str(error)) from None
+    if config.wandb.mode == "online":
+        check_wandb_login()
+    check_resumable(config)
+
+
+def check_types(config: DictConfig):
+    """Every key documented in config.yaml holds a value of its default's type."""
+    documented = OmegaConf.load(DEFAULTS)
+    documented.pop("hydra")  # hydra's own settings, not in a composed config
+    defaults = _leaves(OmegaConf.to_container(documented, resolve=True))
+    for key, value in _leaves(OmegaConf.to_container(config, resolve=True)).items():
+        default = defaults.get(key)
+        if default is None:  # undocumented here, or open (null default)
+            continue
+        expected = type(default)
+        if not _has_type(value, expected):
+            hint = f"; write lists as '{key}=[a,b]'" if expected is list else ""
+            raise UsageError(f"{key} must be {_TYPE_NAMES[expected]} (default: {_show(default)}), "
+                             f"got {_show(value)}{hint}")
+
+
+def check_ranges(config: DictConfig):
+    """Values within RANGES."""
+    for key, (low, high) in RANGES.items():
+        value = OmegaConf.select(config, key)
+        if value is None or (low is None or value >= low) and (high is None or value <= high):
+            continue
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise UsageError(f"{key} must be {bound}, got {value}")
+
+
+def check_writable(output_dir: Path):
+    """`output_dir` is a writable directory or can be created as one; creates nothing."""
+    existing = output_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is not a directory" if not existing.is_dir() else "is not writable"
+        raise UsageError(f"output_dir {output_dir} is not writable: {existing} {why}; "
+                         f"choose another rl_script_args.output_dir")
+
+
+def check_wandb_login():
+    """wandb.mode=online needs W&B credentials; look for them without a prompt or the network
+    (the login itself happens when the run starts)."""
+    import wandb
+
+    if not wandb.login(prompt=False, verify=False):
+        raise UsageError("wandb.mode=online but no W&B credentials were found: run `wandb login` or set "
+                         "WANDB_API_KEY, or log offline with wandb.mode=offline (then `wandb sync`)")
+
+
+def check_resumable(config: DictConfig):
+    """A run directory with checkpoints is resumed only with the configuration it was made with,
+    apart from RESUMABLE_CHANGES: anything else would mix two experiments under one label."""
+    output_dir = Path(config.rl_script_args.output_dir)
+    saved_path = output_dir / "config.yaml"
+    if not saved_path.exists() or not any((output_dir / "checkpoints").glob("iter_*[0-9]")):
+        return
+    saved = _leaves(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True))
+    new = _leaves(OmegaConf.to_container(config, resolve=True))
+    if saved.get(MODEL_PATH) != new.get(MODEL_PATH):  # a method without a teacher records the name unresolved
+        saved[MODEL_PATH], new[MODEL_PATH] = _resolved(saved.get(MODEL_PATH)), _resolved(new.get(MODEL_PATH))
+    missing = object()
+    differences = [f"{key} ({_show(saved.get(key, missing))} there, {_show(new.get(key, missing))} here)"
+                   for key in sorted(saved.keys() | new.keys())
+                   if not key.startswith(RESUMABLE_CHANGES) and not _same(saved.get(key, missing), new.get(key, missing))]
+    if differences:
+        raise UsageError(f"output_dir {output_dir} holds a run with another configuration: "
+                         f"{'; '.join(differences)}. Resume it with its own values ({saved_path}) or choose "
+                         f"a new rl_script_args.output_dir")
+
+
+def _same(a, b) -> bool:
+    """Config values are equal (NaN equals NaN: a value is the same setting as itself)."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _resolved(model_path):
+    """The path a model name resolves to; the name itself if it does not resolve."""
+    from bidir.teacher_model import resolve_model_path
+    try:
+        return resolve_model_path(model_path)
+    except (ValueError, OSError, TypeError):
+        return model_path
+
+
+def _has_type(value, expected: type) -> bool:
+    """isinstance, except that booleans are no numbers and integers are also floats."""
+    if isinstance(value, bool) or expected is bool:
+        return isinstance(value, bool) and expected is bool
+    if expected is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, expected)
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    """{"a.b.c": value} for every non-dict value of a nested dict (lists are values)."""
+    leaves = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            leaves.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
+def _show(value) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return "absent" if type(value) is object else str(value)

@@ -1,0 +1,110 @@
+"""The study's claims as paired differences over seeds (issue 7's "done when"):
+
+    python experiments/claims.py "runs/offline-short/*/seed*" [--out experiments/results/offline-short/claims.md]
+
+Each line compares two groups (methods or variants, as bidir-compare groups them) on one figure:
+both groups' mean ± 95% CI with n, and the mean ± 95% CI of the per-seed difference A - B over
+the seeds both ran (same seed, same training environments; held-out episodes are the same for
+every run). A comparison whose groups are missing is skipped.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from bidir.compare import frames_to, load_runs, mean_ci, paired_difference, smooth
+
+
+def final_return(run, last=5):
+    """Mean return over the run's last `last` iterations."""
+    return float(np.nanmean(run["return"][-last:]))
+
+
+def frames_to_return(run, threshold=0.8, window=5):
+    """Frames until the 5-iteration episode-weighted mean return reaches `threshold` (NaN: never)."""
+    return frames_to(run["frames"], smooth(run["return"], run["episodes"], window), threshold)
+
+
+def held_out(mode):
+    """The held-out mean return of `mode` (eval.json), NaN when the run has none."""
+    return lambda run: float(run["eval"].get(mode, {}).get("return_mean", np.nan))
+
+
+FIGURES = {
+    "final return": final_return,
+    "frames to return 0.8": frames_to_return,
+    "held-out return, student alone": held_out("student_alone"),
+    "held-out return, teacher alone": held_out("teacher_alone"),
+    "held-out return, student with teacher": held_out("student_with_teacher"),
+    "held-out return, teacher alone - teacher at start": lambda run: (held_out("teacher_alone")(run)
+                                                                      - held_out("teacher_at_start")(run)),
+}
+
+COMPARISONS = [  # (claim, A, B, figures)
+    ("paper: bidir vs glam", "bidir", "glam", ["final return", "frames to return 0.8"]),
+    ("teacher -> student: bidir's student vs the RL-only student", "bidir", "student",
+     ["held-out return, student alone", "final return", "frames to return 0.8"]),
+    ("student -> teacher: bidir's teacher vs the frozen teacher (t2s)", "bidir", "t2s",
+     ["held-out return, teacher alone"]),
+    ("student -> teacher: each teacher's gain over its start", "bidir", "glam",
+     ["held-out return, teacher alone - teacher at start"]),
+    ("student -> teacher: bidir's teacher vs glam's", "bidir", "glam", ["held-out return, teacher alone"]),
+    ("the critique's own effect: bidir vs bidir without it", "bidir", "bidir-no-critique",
+     ["held-out return, teacher alone", "held-out return, student alone", "final return", "frames to return 0.8"]),
+    ("candidate (b) alone vs no critique", "bidir-critique-advantage", "bidir-no-critique",
+     ["held-out return, teacher alone", "final return", "frames to return 0.8"]),
+    ("candidate (a) alone vs no critique", "bidir-critique-imitation", "bidir-no-critique",
+     ["held-out return, teacher alone", "final return", "frames to return 0.8"]),
+    ("candidate (c) alone vs no critique", "bidir-critique-prompt", "bidir-no-critique",
+     ["held-out return, teacher alone", "final return", "frames to return 0.8"]),
+    ("ablation: bidir vs bidir without the acting mixture", "bidir", "bidir-no-mixture",
+     ["final return", "frames to return 0.8", "held-out return, teacher alone", "held-out return, student alone"]),
+    ("ablation: bidir vs bidir without distillation", "bidir", "bidir-no-distill",
+     ["final return", "frames to return 0.8", "held-out return, student alone"]),
+    ("t2s vs the RL-only student", "t2s", "student", ["held-out return, student alone", "final return"]),
+]
+
+
+def _fmt(mean, ci, n, digits):
+    if mean != mean:
+        return f"n/a (n={n})"
+    return f"{mean:.{digits}f} ± {ci:.{digits}f} (n={n})" if n > 1 else f"{mean:.{digits}f} (n=1)"
+
+
+def claims_table(runs: dict) -> str:
+    """The comparisons as a Markdown table."""
+    lines = ["| claim | figure | A | B | A - B (paired by seed) |", "|---|---|---|---|---|"]
+    for claim, a, b, figures in COMPARISONS:
+        if a not in runs or b not in runs:
+            continue
+        for name in figures:
+            figure = FIGURES[name]
+            digits = 0 if name.startswith("frames") else 3
+            cells = []
+            for group in (a, b):
+                values = [figure(r) for r in runs[group]]
+                reached = [v for v in values if v == v]
+                cells.append(_fmt(*mean_ci(reached), len(reached), digits)
+                             + (f", reached {len(reached)}/{len(values)}" if name.startswith("frames") else ""))
+            mean, ci, n = paired_difference(runs[a], runs[b], figure)
+            lines.append(f"| {claim} | {name} | {a}: {cells[0]} | {b}: {cells[1]} | {_fmt(mean, ci, n, digits)} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """CLI: print (and optionally write) the claims table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run directories or glob patterns (quote them)")
+    parser.add_argument("--out", type=Path, help="also write the table here")
+    options = parser.parse_args(argv)
+    table = claims_table(load_runs(options.runs))
+    print(table)
+    if options.out:
+        options.out.parent.mkdir(parents=True, exist_ok=True)
+        options.out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
