@@ -66,10 +66,11 @@ def ppo_step(teacher, tmp_path):
     actions = np.full(len(PROMPTS), 2)
     args = OmegaConf.create({"teacher_minibatch_size": 3, "teacher_lr": 1e-2, "teacher_epochs": 2,
                              "teacher_gradient_batch_size": 2, "teacher_clip_eps": 0.2, "teacher_entropy_coef": 0.0,
-                             "teacher_value_loss_coef": 0.5, "teacher_max_grad_norm": 10.0})
+                             "teacher_value_loss_coef": 0.5, "teacher_max_grad_norm": 10.0, "critique_imitation": 0.0})
     saved = tmp_path / TEACHER_CHECKPOINT
-    teacher.update(PROMPTS, actions, np.log(probs[np.arange(len(PROMPTS)), actions]), values,
-                   np.ones(len(PROMPTS)), values + 1.0, args, save_to=str(saved), resume_from=None)
+    n = len(PROMPTS)
+    teacher.update(PROMPTS, actions, np.log(probs[np.arange(n), actions]), values, np.ones(n), values + 1.0,
+                   np.ones(n, bool), np.zeros(n), args, save_to=str(saved), resume_from=None)
     return saved
 
 
