@@ -37,6 +37,7 @@ RANGES = {  # bounds (inclusive, None: open) beyond the type, for keys whose non
     "rl_script_args.eval_episodes": (0, None),
     "rl_script_args.keep_checkpoints": (1, None),
     "rl_script_args.torch_threads": (0, None),
+    "lamorel_args.llm_configs.main_llm.lora.r": (1, None),
 }
 
 RESUMABLE_CHANGES = (  # how long a run goes, where it runs and how it is shown, not what it computes
@@ -86,7 +87,7 @@ def check_config(config: DictConfig):
         except (ValueError, OSError) as error:
             raise UsageError(f"{MODEL_PATH}: {error}") from None
         try:
-            check_llm_config(llm)
+            check_llm_config(llm)  # model_type matches the model; lora block and peft
         except (ValueError, OSError) as error:
             raise UsageError(str(error)) from None
     if config.wandb.mode == "online":
@@ -208,9 +209,6 @@ def _leaves(tree: dict, prefix: str = "") -> dict:
 
 
 def _show(value) -> str:
-    """A value as it is written in an override."""
-    if isinstance(value, bool):
-        return str(value).lower()
     if isinstance(value, str):
         return repr(value)
     if isinstance(value, list):

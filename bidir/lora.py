@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-LORA_DEFAULTS = {"enabled": False, "r": 8, "alpha": 16, "target_modules": None, "adapter_path": None}
+LORA_DEFAULTS = {"enabled": False, "r": 8, "alpha": 16.0, "target_modules": None, "adapter_path": None}
 
 
 def lora_settings(llm_config) -> dict:

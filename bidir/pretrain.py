@@ -130,7 +130,7 @@ def add_pretrain_command(subparsers):
     parser.add_argument("--model", default="tiny-t5", help="teacher to start from: hub id, local model directory "
                         "or a built-in name (default: tiny-t5, untrained)")
     parser.add_argument("--model-type", choices=["seq2seq", "causal"],
-                        help="seq2seq (T5 family) or causal (decoder-only); default: read from the model's config")
+                        help="seq2seq (T5 family) or causal (decoder-only) model (default: read from the model's config)")
     parser.add_argument("--output", type=Path, required=True, help="model directory to write")
     parser.add_argument("--levels", nargs="+", default=list(PRETRAIN_LEVELS),
                         help="BabyAI levels the bot demonstrates (default: %(default)s)")
@@ -148,10 +148,10 @@ def add_pretrain_command(subparsers):
                         help="torch device of the teacher, e.g. cpu or cuda:0 (default: %(default)s)")
     parser.add_argument("--lora", action="store_true",
                         help="train and write a LoRA adapter (use it as lora.adapter_path) instead of the whole model")
-    parser.add_argument("--lora-r", type=int, default=LORA_DEFAULTS["r"], help="LoRA rank (default: %(default)s)")
+    parser.add_argument("--lora-r", type=int, default=LORA_DEFAULTS["r"], help="adapter rank (default: %(default)s)")
     parser.add_argument("--lora-alpha", type=float, default=LORA_DEFAULTS["alpha"],
-                        help="LoRA scaling alpha (default: %(default)s)")
-    parser.add_argument("--lora-target-modules", nargs="+", help="modules to adapt (default: peft's for the model family)")
+                        help="adapter scaling alpha (default: %(default)s)")
+    parser.add_argument("--lora-target-modules", nargs="+", help="module names (default: peft's for the model family)")
     parser.set_defaults(func=lambda a: print(pretrain(
         a.model, a.output, a.levels, a.episodes_per_level, a.epochs, a.lr, a.batch_size, a.seed,
         a.prompt_history, a.model_type, a.device,

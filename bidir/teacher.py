@@ -120,9 +120,9 @@ class TeacherPPOUpdater(BaseUpdater):
     advantages, returns, ppo (bool), imitation (weights) (tensors over all contexts), lr, epochs,
     minibatches (count per epoch), gradient_batch_size, clip_eps, entropy_coef, value_loss_coef,
     imitation_coef, max_grad_norm; `save_to` (write a checkpoint after the update) and
-    `resume_from` (optimizer state to load first). Only parameters that require gradients train
-    (all of them, or a LoRA adapter + the value head), and only those are checkpointed when part
-    of the LLM is frozen."""
+    `resume_from` (optimizer state to load first).
+    Only parameters that require gradients train (all of them, or a LoRA adapter + the value head),
+    and only those are checkpointed when part of the LLM is frozen."""
 
     def perform_update(self, contexts, candidates, _current_batch_ids, **kwargs):
         """Runs the PPO epochs on this server's share and returns mean losses."""

@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+from bidir.evaluate import load_run, restore
 from bidir.llm import LocalCaller
 from bidir.teacher import (TEACHER_CHECKPOINT, Teacher, TeacherInitializer, TeacherPPOUpdater, build_prompt,
                            hidden_size, teacher_module_functions)
@@ -65,12 +66,11 @@ def ppo_step(teacher, tmp_path):
     actions = np.full(len(PROMPTS), 2)
     args = OmegaConf.create({"teacher_minibatch_size": 3, "teacher_lr": 1e-2, "teacher_epochs": 2,
                              "teacher_gradient_batch_size": 2, "teacher_clip_eps": 0.2, "teacher_entropy_coef": 0.0,
-                             "teacher_value_loss_coef": 0.5, "teacher_max_grad_norm": 10.0,
-                             "critique_imitation": 1.0})
+                             "teacher_value_loss_coef": 0.5, "teacher_max_grad_norm": 10.0, "critique_imitation": 0.0})
     saved = tmp_path / TEACHER_CHECKPOINT
-    teacher.update(PROMPTS, actions, np.log(probs[np.arange(len(PROMPTS)), actions]), values,
-                   np.ones(len(PROMPTS)), values + 1.0, np.ones(len(PROMPTS), bool), np.zeros(len(PROMPTS)), args,
-                   save_to=str(saved), resume_from=None)
+    n = len(PROMPTS)
+    teacher.update(PROMPTS, actions, np.log(probs[np.arange(n), actions]), values, np.ones(n), values + 1.0,
+                   np.ones(n, bool), np.zeros(n), args, save_to=str(saved), resume_from=None)
     return saved
 
 
@@ -189,6 +189,9 @@ def test_resumed_lora_run_equals_uninterrupted_run(tmp_path, shape):
     assert strip(read_rows(split / "metrics.csv")) == strip(read_rows(whole / "metrics.csv"))
     saved = torch.load(split / "checkpoints" / "iter_000004" / TEACHER_CHECKPOINT, weights_only=True)["model"]
     assert saved and all("lora_" in k or k.startswith("_module_functions.") for k in saved)
+    _, teacher = restore(*load_run(split))  # bidir-eval's path: the adapter checkpoint loads into a LoRA teacher
+    probs, _ = teacher.advise(PROMPTS)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-9)
 
 
 def test_model_type_mismatch_is_reported_with_the_override(models):
