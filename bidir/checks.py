@@ -209,6 +209,9 @@ def _leaves(tree: dict, prefix: str = "") -> dict:
 
 
 def _show(value) -> str:
+    """A value as it is written in an override."""
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, str):
         return repr(value)
     if isinstance(value, list):
