@@ -165,8 +165,8 @@ def finished(run: Run) -> list[dict]:
     return rows
 
 
-def assert_agree(local: list[dict], lamorel: list[dict]) -> float:
-    """Same columns and rows; EXACT columns equal, other non-timing floats within ATOL + RTOL*|x|.
+def assert_agree(local: list[dict], lamorel: list[dict], rtol: float = RTOL) -> float:
+    """Same columns and rows; EXACT columns equal, other non-timing floats within ATOL + rtol*|x|.
     Returns the largest absolute difference seen."""
     assert len(local) == len(lamorel)
     worst = 0.0
@@ -178,7 +178,7 @@ def assert_agree(local: list[dict], lamorel: list[dict]) -> float:
             assert key not in EXACT, f"iteration {a['iteration']} {key}: {a[key]} (local) != {b[key]} (lamorel)"
             x, y = float(a[key]), float(b[key])  # '' (absent) on one side only would raise here
             assert not (math.isnan(x) or math.isnan(y)), f"{key}: {a[key]} vs {b[key]}"
-            assert abs(x - y) <= ATOL + RTOL * abs(y), f"iteration {a['iteration']} {key}: {x} vs {y}"
+            assert abs(x - y) <= ATOL + rtol * abs(y), f"iteration {a['iteration']} {key}: {x} vs {y}"
             worst = max(worst, abs(x - y))
     return worst
 

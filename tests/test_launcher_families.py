@@ -19,7 +19,7 @@ pytest.importorskip("lamorel", reason="Lamorel v0.3 is not installed (pip instal
 pytest.importorskip("peft")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_launcher import ONE_MINIBATCH, TWO_SERVERS, Run, assert_agree, command  # noqa: E402
+from test_launcher import ONE_MINIBATCH, RTOL, TWO_SERVERS, Run, assert_agree, command  # noqa: E402
 
 pytestmark = [pytest.mark.lamorel, pytest.mark.slow]
 
@@ -111,7 +111,12 @@ def rows_of(run: Run) -> list[dict]:
 @pytest.mark.parametrize("shape,lora", CASES, ids=[name(s, lo, "") .rstrip("-") for s, lo in CASES])
 def test_family_under_launcher_agrees_with_local_caller(family_runs, shape, lora, servers):
     local = rows_of(family_runs[name(shape, lora, "local")])
-    worst = assert_agree(local, rows_of(family_runs[name(shape, lora, servers)]))
+    # With 2 servers the teacher's PPO and entropy terms are means over each server's own executed
+    # (or trained) rows, which DDP then averages; LocalCaller takes one mean over all rows. The
+    # shares' row counts differ by a few, which moves the losses by a few 1e-6 relative (measured
+    # up to 3e-6), above float rounding but far below a semantic error (>= 1e-3).
+    worst = assert_agree(local, rows_of(family_runs[name(shape, lora, servers)]),
+                         rtol=RTOL if servers == "1server" else 2e-5)
     print(f"{name(shape, lora, servers)}: largest difference from LocalCaller {worst:.2e}")
 
 
