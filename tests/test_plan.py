@@ -83,19 +83,25 @@ def test_task_id_out_of_range_fails():
     assert run_plan("--task-id", 12, check=False).returncode != 0
 
 
+def stand_in(tmp_path, script: str, **grid_changes) -> list:
+    """plan.py arguments for the paper grid with `grid_changes` (runs under tmp_path) and a
+    stand-in interpreter that runs the shell `script` instead of training."""
+    grid = plan.load_grid()
+    grid.update(output_root=str(tmp_path / "runs"), **grid_changes)
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump(grid))
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\n{script}\n")
+    fake.chmod(0o755)
+    return ["--grid", grid_file, "--python", fake, "setting=offline"]
+
+
 def test_local_runs_the_array_commands_in_order(tmp_path):
     # A stand-in interpreter records its arguments: --local must run exactly what the array
     # tasks 0..n-1 would run.
-    grid = plan.load_grid()
-    grid.update(methods=["bidir", "student"], seeds=[1, 2], output_root=str(tmp_path / "runs"))
-    grid_file = tmp_path / "grid.yaml"
-    grid_file.write_text(yaml.safe_dump(grid))
     log = tmp_path / "calls.txt"
-    fake = tmp_path / "python"
-    fake.write_text(f'#!/bin/sh\necho "$0 $*" >> {log}\n')
-    fake.chmod(0o755)
-
-    common = ["--grid", grid_file, "--python", fake, "setting=offline"]
+    common = stand_in(tmp_path, f'echo "$0 $*" >> {log}', methods=["bidir", "student"], seeds=[1, 2])
+    grid_file = common[1]
     assert run_plan("--count", "--grid", grid_file).stdout.strip() == "4"
     expected = [run_plan("--task-id", i, *common).stdout.strip() for i in range(4)]
     assert run_plan("--list", *common).stdout.splitlines() == expected
@@ -126,16 +132,10 @@ def test_multinode_command_is_torchrun_with_the_rendezvous():
 def test_variants_and_two_jobs_at_a_time(tmp_path):
     # a variant runs its method with its own overrides in its own directory; --jobs 2 keeps two
     # runs going at once, each writing to its log beside its run directory
-    grid = plan.load_grid()
-    grid.update(methods=["student", "bidir-no-distill"], seeds=[1, 2], output_root=str(tmp_path / "runs"),
-                variants={"bidir-no-distill": {"method": "bidir", "overrides": ["rl_script_args.distill_coef=0"]}})
-    grid_file = tmp_path / "grid.yaml"
-    grid_file.write_text(yaml.safe_dump(grid))
     events = tmp_path / "events.txt"
-    fake = tmp_path / "python"
-    fake.write_text(f'#!/bin/sh\necho "start $*" >> {events}\necho "running $*"\nsleep 1\necho "end" >> {events}\n')
-    fake.chmod(0o755)
-    common = ["--grid", grid_file, "--python", fake, "setting=offline"]
+    common = stand_in(tmp_path, f'echo "start $*" >> {events}\necho "running $*"\nsleep 1\necho "end" >> {events}',
+                      methods=["student", "bidir-no-distill"], seeds=[1, 2],
+                      variants={"bidir-no-distill": {"method": "bidir", "overrides": ["rl_script_args.distill_coef=0"]}})
     variant = run_plan("--task-id", 2, *common).stdout.split()
     assert "rl_script_args.method=bidir" in variant and "rl_script_args.distill_coef=0" in variant
     assert f"rl_script_args.output_dir={tmp_path}/runs/paper-short/bidir-no-distill/seed1" in variant
