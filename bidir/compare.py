@@ -77,6 +77,13 @@ def group_name(path: Path, method: str) -> str:
     return path.parent.name if re.fullmatch(r"seed\d+", path.name) else method
 
 
+def frames_to_return(frames: np.ndarray, returns: np.ndarray, episodes: np.ndarray, threshold: float = 0.8,
+                     window: int = 5) -> float:
+    """The convergence figure: frames until the `window`-iteration episode-weighted mean return
+    reaches `threshold` (NaN if never)."""
+    return frames_to(frames, smooth(returns, episodes, window), threshold)
+
+
 def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
     """Run directories (those with config.yaml and metrics.csv) grouped by method or variant."""
     runs = defaultdict(list)
@@ -133,7 +140,7 @@ def summarize(runs: dict[str, list[dict]], last: int = 5, window: int = 5) -> di
                         for r in group]
         final_success = [np.nanmean(r["success"][-last:]) if np.any(~np.isnan(r["success"][-last:])) else np.nan
                          for r in group]
-        to_return = [frames_to(r["frames"], smooth(r["return"], r["episodes"], window), 0.8) for r in group]
+        to_return = [frames_to_return(r["frames"], r["return"], r["episodes"], 0.8, window) for r in group]
         to_success = [frames_to(r["frames"], smooth(r["success"], r["episodes"], window), 0.9) for r in group]
         modes = sorted({mode for r in group for mode in r["eval"]})
         table[method] = {

@@ -52,7 +52,9 @@ def teacher_targets(instruction: np.ndarray, action: np.ndarray, executed: np.nd
     executed = np.asarray(executed, bool)
     if student_advantage is None:
         use_student_advantage, imitate = False, False
-    scale = normalised if normalise else (lambda values, scale_from=None: values.astype(np.float32))
+    def scale(values, scale_from=None):
+        return normalised(values, scale_from) if normalise else values.astype(np.float32)
+
     if use_student_advantage:
         advantage = scale(student_advantage)
     else:

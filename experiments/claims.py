@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bidir.compare import frames_to, load_runs, mean_ci, paired_difference, smooth
+from bidir.compare import frames_to_return, load_runs, mean_ci, paired_difference
 
 
 def final_return(run, last=5):
@@ -22,9 +22,9 @@ def final_return(run, last=5):
     return float(np.nanmean(run["return"][-last:]))
 
 
-def frames_to_return(run, threshold=0.8, window=5):
-    """Frames until the 5-iteration episode-weighted mean return reaches `threshold` (NaN: never)."""
-    return frames_to(run["frames"], smooth(run["return"], run["episodes"], window), threshold)
+def frames_to_08(run):
+    """Frames until the 5-iteration episode-weighted mean return reaches 0.8 (NaN: never)."""
+    return frames_to_return(run["frames"], run["return"], run["episodes"])
 
 
 def held_out(mode):
@@ -34,7 +34,7 @@ def held_out(mode):
 
 FIGURES = {
     "final return": final_return,
-    "frames to return 0.8": frames_to_return,
+    "frames to return 0.8": frames_to_08,
     "held-out return, student alone": held_out("student_alone"),
     "held-out return, teacher alone": held_out("teacher_alone"),
     "held-out return, student with teacher": held_out("student_with_teacher"),

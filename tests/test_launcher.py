@@ -106,10 +106,14 @@ def environ(pid: int) -> dict[str, str]:
 
 
 class Run:
-    def __init__(self, name: str, under_launcher: bool, overrides: list[str], root: Path):
+    """One training run in its own process; `output_dir` (default: its own) lets a run resume
+    another's."""
+
+    def __init__(self, name: str, under_launcher: bool, overrides: list[str], root: Path,
+                 output_dir: Path | None = None):
         self.name, self.dir = name, root / name
         self.dir.mkdir()
-        self.output_dir = self.dir / "out"
+        self.output_dir = output_dir or self.dir / "out"
         self.log_path = self.dir / "log.txt"
         # One torch thread per process, as torchrun gives its workers (LocalCaller included: with the
         # default thread count several runs on 2 cores spin against each other, 5x slower).

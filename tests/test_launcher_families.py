@@ -19,7 +19,7 @@ pytest.importorskip("lamorel", reason="Lamorel v0.3 is not installed (pip instal
 pytest.importorskip("peft")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_launcher import ONE_MINIBATCH, RTOL, TWO_SERVERS, Run, assert_agree, command  # noqa: E402
+from test_launcher import ONE_MINIBATCH, RTOL, TWO_SERVERS, Run, assert_agree  # noqa: E402
 
 pytestmark = [pytest.mark.lamorel, pytest.mark.slow]
 
@@ -37,24 +37,6 @@ def teacher(shape: str, path: str, lora: bool) -> list[str]:
     if MODEL_TYPE[shape] == "causal":
         overrides.append(f"{key}.pre_encode_inputs=false")
     return overrides
-
-
-class FamilyRun(Run):
-    """tests/test_launcher.py's Run, optionally writing into another run's output_dir (to resume it)."""
-
-    def __init__(self, name: str, under_launcher: bool, overrides: list[str], root: Path, output_dir: Path | None):
-        import os
-        import subprocess
-
-        self.name, self.dir = name, root / name
-        self.dir.mkdir()
-        self.output_dir = output_dir or self.dir / "out"
-        self.log_path = self.dir / "log.txt"
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
-        self.started = time.monotonic()
-        with self.log_path.open("w") as log:
-            self.proc = subprocess.Popen(command(under_launcher, overrides, self.output_dir), cwd=self.dir, env=env,
-                                         stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
 def name(shape, lora, backend):
@@ -87,7 +69,7 @@ def family_runs(tmp_path_factory):
                 if reuse and (reuse not in runs or runs[reuse].proc.poll() is None):
                     break  # wait for the first part of a resumed run
                 queue.pop(0)
-                runs[label] = run = FamilyRun(label, launcher, overrides, root, runs[reuse].output_dir if reuse else None)
+                runs[label] = run = Run(label, launcher, overrides, root, runs[reuse].output_dir if reuse else None)
                 running.append(run)
             assert time.monotonic() < deadline, f"runs unfinished after {FAMILY_TIMEOUT_S} s: {[r.name for r in running]}"
             time.sleep(0.5)
