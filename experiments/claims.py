@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bidir.compare import frames_to_return, load_runs, mean_ci, paired_difference
+from bidir.compare import frames_to_return, load_runs, mean_ci, paired_difference, smooth
 
 
 def final_return(run, last=5):
@@ -27,6 +27,20 @@ def frames_to_08(run):
     return frames_to_return(run["frames"], run["return"], run["episodes"])
 
 
+def return_last_50(run):
+    """Episode-weighted mean return over the run's last 50 iterations (all of them if fewer): at
+    long budgets a steadier figure than the last 5."""
+    return float(smooth(run["return"], run["episodes"], min(50, len(run["return"])))[-1])
+
+
+def lowest_after_08(run):
+    """Stability: the lowest 5-iteration episode-weighted mean return from the iteration where it
+    first reached 0.8 on (NaN: never reached)."""
+    curve = smooth(run["return"], run["episodes"], 5)
+    reached = np.flatnonzero(curve >= 0.8)
+    return float(np.nanmin(curve[reached[0]:])) if len(reached) else float("nan")
+
+
 def held_out(mode):
     """The held-out mean return of `mode` (eval.json), NaN when the run has none."""
     return lambda run: float(run["eval"].get(mode, {}).get("return_mean", np.nan))
@@ -35,6 +49,8 @@ def held_out(mode):
 FIGURES = {
     "final return": final_return,
     "frames to return 0.8": frames_to_08,
+    "return, last 50 iterations": return_last_50,
+    "lowest 5-iteration return after reaching 0.8": lowest_after_08,
     "held-out return, student alone": held_out("student_alone"),
     "held-out return, teacher alone": held_out("teacher_alone"),
     "held-out return, student with teacher": held_out("student_with_teacher"),
@@ -43,9 +59,10 @@ FIGURES = {
 }
 
 COMPARISONS = [  # (claim, A, B, figures)
-    ("paper: bidir vs glam", "bidir", "glam", ["final return", "frames to return 0.8"]),
+    ("paper: bidir vs glam", "bidir", "glam", ["final return", "frames to return 0.8", "return, last 50 iterations",
+                                               "lowest 5-iteration return after reaching 0.8"]),
     ("teacher -> student: bidir's student vs the RL-only student", "bidir", "student",
-     ["held-out return, student alone", "final return", "frames to return 0.8"]),
+     ["held-out return, student alone", "final return", "frames to return 0.8", "return, last 50 iterations"]),
     ("student -> teacher: bidir's teacher vs the frozen teacher (t2s)", "bidir", "t2s",
      ["held-out return, teacher alone"]),
     ("student -> teacher: each teacher's gain over its start", "bidir", "glam",

@@ -1,0 +1,51 @@
+"""experiments/claims.py: the long-budget figures and the paired table, on hand-computed runs."""
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+import claims  # noqa: E402
+
+
+def run(returns, episodes=None, seed=1):
+    """A run as load_runs gives it, 256 frames per iteration."""
+    returns = np.array(returns, dtype=float)
+    episodes = np.ones(len(returns)) if episodes is None else np.array(episodes, dtype=float)
+    return {"seed": seed, "return": returns, "episodes": episodes, "frames": 256.0 * np.arange(1, len(returns) + 1),
+            "eval": {}}
+
+
+# 5-iteration means from iteration 5 on: 0.82, 0.90, 0.84, 0.78, 0.78, 0.78
+DIP = [0.5, 0.9, 0.9, 0.9, 0.9, 0.9, 0.6, 0.6, 0.9, 0.9]
+
+
+def test_lowest_after_reaching_08_is_the_dip_after_the_first_crossing():
+    assert math.isclose(claims.lowest_after_08(run(DIP)), 0.78)
+    assert math.isclose(claims.frames_to_08(run(DIP)), 5 * 256)
+
+
+def test_lowest_after_08_ignores_what_came_before_the_crossing_and_is_nan_if_never_reached():
+    early_dip = [0.1] * 5 + [0.9] * 10  # 5-iteration means 0.1, 0.26, ..., 0.74, then 0.9 from iteration 10
+    assert math.isclose(claims.lowest_after_08(run(early_dip)), 0.9)
+    assert math.isnan(claims.lowest_after_08(run([0.7] * 20)))
+
+
+def test_return_last_50_weights_by_episodes_and_uses_the_whole_run_when_shorter():
+    assert math.isclose(claims.return_last_50(run(DIP)), 8.0 / 10)
+    long = [0.0] * 10 + [0.5] * 25 + [1.0] * 25
+    assert math.isclose(claims.return_last_50(run(long)), 0.75)
+    weighted = run([0.5] * 25 + [1.0] * 25, episodes=[3] * 25 + [1] * 25)
+    assert math.isclose(claims.return_last_50(weighted), (0.5 * 75 + 25) / 100)
+
+
+def test_claims_table_pairs_by_seed_and_skips_missing_groups():
+    runs = {"bidir": [run([0.9] * 10, seed=1), run([0.8] * 10, seed=2)],
+            "glam": [run([0.7] * 10, seed=1), run([0.9] * 10, seed=3)]}
+    table = claims.claims_table(runs)
+    final = next(line for line in table.splitlines() if "| final return |" in line)
+    assert final.endswith("| 0.200 (n=1) |")  # only seed 1 is in both groups
+    assert "bidir: 0.850 ± 0.635 (n=2)" in final  # t(1) 12.706 x sd 0.0707 / sqrt(2)
+    groups = {cell.split(":")[0].strip() for line in table.splitlines()[2:] for cell in line.split("|")[3:5]}
+    assert groups == {"bidir", "glam"}  # comparisons with student, t2s or the variants are skipped
