@@ -49,7 +49,7 @@ def held_out(mode):
 FIGURES = {
     "final return": final_return,
     "frames to return 0.8": frames_to_08,
-    "return, last 50 iterations": return_last_50,
+    "return, last 50 iterations (or all)": return_last_50,
     "lowest 5-iteration return after reaching 0.8": lowest_after_08,
     "held-out return, student alone": held_out("student_alone"),
     "held-out return, teacher alone": held_out("teacher_alone"),
@@ -59,10 +59,11 @@ FIGURES = {
 }
 
 COMPARISONS = [  # (claim, A, B, figures)
-    ("paper: bidir vs glam", "bidir", "glam", ["final return", "frames to return 0.8", "return, last 50 iterations",
-                                               "lowest 5-iteration return after reaching 0.8"]),
+    ("paper: bidir vs glam", "bidir", "glam",
+     ["final return", "frames to return 0.8", "return, last 50 iterations (or all)",
+      "lowest 5-iteration return after reaching 0.8"]),
     ("teacher -> student: bidir's student vs the RL-only student", "bidir", "student",
-     ["held-out return, student alone", "final return", "frames to return 0.8", "return, last 50 iterations"]),
+     ["held-out return, student alone", "final return", "frames to return 0.8", "return, last 50 iterations (or all)"]),
     ("student -> teacher: bidir's teacher vs the frozen teacher (t2s)", "bidir", "t2s",
      ["held-out return, teacher alone"]),
     ("student -> teacher: each teacher's gain over its start", "bidir", "glam",
