@@ -20,19 +20,19 @@ mkdir -p "$OUT"
 : > "$OUT/exits.txt"
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 if [ "${BIDIR_GPU_CHECK_DEVICE:-cuda}" = cuda ]; then
-    GPU=('lamorel_args.distributed_setup_args.llm_processes.main_llm.devices_per_process=[[0]]'
+    RUN_ARGS=('lamorel_args.distributed_setup_args.llm_processes.main_llm.devices_per_process=[[0]]'
          rl_script_args.eval_episodes=100)
 else  # dry run
-    GPU=(rl_script_args.iterations=2 rl_script_args.eval_episodes=4)
+    RUN_ARGS=(rl_script_args.iterations=2 rl_script_args.eval_episodes=4)
 fi
-GPU+=(wandb.mode=disabled)
+RUN_ARGS+=(wandb.mode=disabled)
 
 lamorel_run() {  # METHOD SEED: one run under lamorel_launcher, in its own folder (hydra writes to cwd)
     local dir="$OUT/lamorel-cuda/$1/seed$2"
     mkdir -p "$dir"
     (cd "$dir" && timeout -s TERM "$LIMIT" python -m lamorel_launcher.launch --config-path "$HERE/lamorel_configs" \
         --config-name local_cpu rl_script_args.path="$HERE/bidir/train.py" rl_script_args.method="$1" \
-        rl_script_args.seed="$2" rl_script_args.output_dir="$dir" "${GPU[@]}" > "$dir.log" 2>&1)
+        rl_script_args.seed="$2" rl_script_args.output_dir="$dir" "${RUN_ARGS[@]}" > "$dir.log" 2>&1)
     echo "$1 seed $2 under Lamorel: exit $?" >> "$OUT/exits.txt"
 }
 
@@ -50,7 +50,7 @@ for seed in 1 2 3 4 5; do
 done
 dir="$OUT/local-cuda/bidir-in-process/seed1"
 mkdir -p "$dir"
-(timeout -s TERM "$LIMIT" python -m bidir.train rl_script_args.seed=1 rl_script_args.output_dir="$dir" "${GPU[@]}" \
-    > "$dir.log" 2>&1; echo "bidir seed 1 in-process: exit $?" >> "$OUT/exits.txt") &
+(timeout -s TERM "$LIMIT" python -m bidir.train rl_script_args.seed=1 rl_script_args.output_dir="$dir" \
+    "${RUN_ARGS[@]}" > "$dir.log" 2>&1; echo "bidir seed 1 in-process: exit $?" >> "$OUT/exits.txt") &
 wait
 cat "$OUT/exits.txt"
