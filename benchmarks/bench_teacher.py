@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = ["env", "teacher_scoring", "student_forward", "critique", "student_update", "teacher_update"]
 
 
 def record_memory_at_exit(directory: str):
@@ -99,8 +98,8 @@ def run_backend(args, backend: str, model_path: str, model_type: str) -> dict:
               "llm_contexts_per_iteration": mean([int(r["llm_contexts"]) for r in rows][later]) if len(rows) == 1 else
               (int(rows[-1]["llm_contexts"]) - int(rows[0]["llm_contexts"])) / (len(rows) - 1),
               "memory": memory}
-    for phase in PHASES:
-        result[f"{phase}_s"] = mean([float(r.get(f"time_{phase}") or 0) for r in rows[later]])
+    for column in (name for name in rows[0] if name.startswith("time_")):  # bidir.train's phases
+        result[f"{column.removeprefix('time_')}_s"] = mean([float(r[column] or 0) for r in rows[later]])
     return result
 
 

@@ -2,10 +2,11 @@
 (or `bidir-compare --wandb ENTITY/PROJECT --group EXPERIMENT` when online).
 
 Runs are grouped by method (from each run's config.yaml), or by variant where a run lies in
-experiments/plan.py's layout `<experiment>/<variant>/seed<N>` (an ablation or a sweep point). Per method, over seeds: mean ± 95% CI
-(Student's t) of the final mean return and success rate (the mean of each run's last `--last`
-iterations), of the held-out evaluation (eval.json), and the frames each run needed to reach a
-mean return of 0.8 and a success rate of 0.9 (curves smoothed over `--smooth` iterations).
+experiments/plan.py's layout `<experiment>/<variant>/seed<N>` (an ablation or a sweep point).
+Per method, over seeds: mean ± 95% CI (Student's t) of the final mean return and success rate
+(the mean of each run's last `--last` iterations), of the held-out evaluation (eval.json), and
+the frames each run needed to reach a mean return of 0.8 and a success rate of 0.9 (curves
+smoothed over `--smooth` iterations).
 Writes results.md, results.json and comparison.png (mean ± CI against frames).
 """
 from __future__ import annotations
@@ -72,6 +73,12 @@ def frames_to(frames: np.ndarray, curve: np.ndarray, threshold: float) -> float:
     return float(frames[reached[0]]) if len(reached) else float("nan")
 
 
+def final_mean(values: np.ndarray, last: int = 5) -> float:
+    """A run's final figure: the mean of its last `last` iterations (NaN where none has a value)."""
+    tail = values[-last:]
+    return float(np.nanmean(tail)) if np.any(~np.isnan(tail)) else float("nan")
+
+
 def group_name(path: Path, method: str) -> str:
     """The variant directory of plan.py's `<variant>/seed<N>` layout, else the method."""
     return path.parent.name if re.fullmatch(r"seed\d+", path.name) else method
@@ -136,10 +143,8 @@ def summarize(runs: dict[str, list[dict]], last: int = 5, window: int = 5) -> di
     table = {}
     for method in sorted(runs, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
         group = runs[method]
-        final_return = [np.nanmean(r["return"][-last:]) if np.any(~np.isnan(r["return"][-last:])) else np.nan
-                        for r in group]
-        final_success = [np.nanmean(r["success"][-last:]) if np.any(~np.isnan(r["success"][-last:])) else np.nan
-                         for r in group]
+        final_return = [final_mean(r["return"], last) for r in group]
+        final_success = [final_mean(r["success"], last) for r in group]
         to_return = [frames_to_return(r["frames"], r["return"], r["episodes"], 0.8, window) for r in group]
         to_success = [frames_to(r["frames"], smooth(r["success"], r["episodes"], window), 0.9) for r in group]
         modes = sorted({mode for r in group for mode in r["eval"]})

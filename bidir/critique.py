@@ -50,8 +50,9 @@ def teacher_targets(instruction: np.ndarray, action: np.ndarray, executed: np.nd
     become imitation rows for the student's action, weighted by that advantage (on the same
     scale)."""
     executed = np.asarray(executed, bool)
-    if student_advantage is None:
+    if student_advantage is None:  # no student: nothing to critique with
         use_student_advantage, imitate = False, False
+
     def scale(values, scale_from=None):
         return normalised(values, scale_from) if normalise else values.astype(np.float32)
 

@@ -59,9 +59,12 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     ratio = torch.exp(logprobs - old_logprobs)
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     surrogate = torch.min(ratio * advantages, clipped * advantages)
-    if mask is None:
-        return -surrogate.mean()
-    return -(surrogate * mask).sum() / mask.sum().clamp(min=1)
+    return -surrogate.mean() if mask is None else -masked_mean(surrogate, mask)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of `values` over the rows where `mask` is 1 (0 when none is)."""
+    return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,

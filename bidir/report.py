@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from bidir.compare import frames_to_return, smooth  # noqa: E402
+from bidir.compare import final_mean, frames_to_return, smooth  # noqa: E402
 from bidir.evaluate import evaluate, evaluate_all, format_table  # noqa: E402
 from bidir.methods import get_method  # noqa: E402
 
@@ -81,7 +81,7 @@ def finish_run(config, trainer, caller) -> dict:
     if rows:
         returns, episodes = np.array(_floats(rows, "return_mean")), np.array(_floats(rows, "episodes"))
         reached = frames_to_return(np.array(_floats(rows, "frames")), returns, episodes)
-        print(f"training: final return {np.nanmean(returns[-5:]):.3f} (mean of the last 5 iterations); "
+        print(f"training: final return {final_mean(returns):.3f} (mean of the last 5 iterations); "
               + (f"return 0.8 reached at {reached:,.0f} frames" if reached == reached else "return 0.8 not reached")
               + " (episode-weighted mean over 5 iterations)")
     if results:

@@ -18,7 +18,7 @@ import torch
 from bidir.llm import (BaseModelInitializer, BaseModuleFunction, BaseUpdater, candidate_logits_and_tokens,
                        causal_context_end)
 from bidir.lora import add_lora, load_trainable_state, lora_settings, trainable_parameters, trainable_state
-from bidir.ppo import policy_loss, value_loss
+from bidir.ppo import masked_mean, policy_loss, value_loss
 
 TEACHER_CHECKPOINT = "teacher.pt"
 
@@ -110,10 +110,10 @@ class TeacherInitializer(BaseModelInitializer):
 
 class TeacherPPOUpdater(BaseUpdater):
     """GLAM's PPO loss on the LLM (clipped policy over the candidate distribution on the `ppo`
-    rows, clipped value on every row, entropy bonus on the rows that train the policy) plus the critique's imitation term, -w * log pi_T(a), on
-    rows with an imitation weight w > 0; gradient accumulation; grad-norm clipping. The optimizer
-    lives here, across calls. On N servers each updates its share `_current_batch_ids` and DDP
-    averages gradients.
+    rows, clipped value on every row, entropy bonus on the rows that train the policy) plus the
+    critique's imitation term, -w * log pi_T(a), on rows with an imitation weight w > 0; gradient
+    accumulation; grad-norm clipping. The optimizer lives here, across calls. On N servers each
+    updates its share `_current_batch_ids` and DDP averages gradients.
 
     All contexts share one candidate list (the instructions).
     Keyword arguments of `caller.update(contexts, candidates, ...)`: actions, logprobs, values,
@@ -171,8 +171,9 @@ class TeacherPPOUpdater(BaseUpdater):
         """(policy loss, value loss, entropy, imitation loss) on the rows `piece`. BabyAI prompts
         repeat: one forward per distinct prompt, gathered back per row."""
         distinct, rows_of = np.unique([contexts[i] for i in piece], return_inverse=True)
-        outputs = self._llm_module(["score", "value"], contexts=list(distinct), candidates=[instructions] * len(distinct),
-                                   require_grad=True, pad_contexts=True)  # causal: one context end per minibatch
+        outputs = self._llm_module(["score", "value"], contexts=list(distinct),
+                                   candidates=[instructions] * len(distinct), require_grad=True,
+                                   pad_contexts=True)  # causal: one context end per minibatch
         dist = torch.distributions.Categorical(logits=torch.stack([o["score"] for o in outputs])[rows_of])
         values = torch.stack([o["value"][0, 0] for o in outputs])[rows_of]
         d = {k: v[piece] for k, v in data.items()}
@@ -182,7 +183,7 @@ class TeacherPPOUpdater(BaseUpdater):
         trained = (d["ppo"] | (d["imitation"] > 0)).float()
         return (policy_loss(logprobs, d["logprobs"], d["advantages"], kw["clip_eps"], mask=d["ppo"].float()),
                 value_loss(values, d["values"], d["returns"], kw["clip_eps"]),
-                (dist.entropy() * trained).sum() / trained.sum().clamp(min=1),
+                masked_mean(dist.entropy(), trained),
                 -(d["imitation"] * logprobs).mean())
 
 

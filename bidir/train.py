@@ -52,7 +52,8 @@ METRIC_COLUMNS = [
     "iteration", "frames", "success_rate", "return_mean", "episode_length_mean", "episodes", "wall_time_s",
     "fps", "student_policy_loss", "student_value_loss", "student_entropy", "kl_teacher_student",
     "distill_weight", "message_shown", "agreement_rate", "teacher_acts", "executed_rate", "teacher_ppo_rows",
-    "teacher_imitation_rows", "teacher_policy_loss", "teacher_value_loss", "teacher_imitation_loss", "teacher_entropy", "teacher_policy_entropy", "teacher_queries", "llm_contexts", "time_env",
+    "teacher_imitation_rows", "teacher_policy_loss", "teacher_value_loss", "teacher_imitation_loss",
+    "teacher_entropy", "teacher_policy_entropy", "teacher_queries", "llm_contexts", "time_env",
     "time_teacher_scoring", "time_student_forward", "time_critique", "time_student_update",
     "time_teacher_update",
 ]
@@ -176,7 +177,8 @@ class Trainer:
                 else:
                     self.history.advance(e, self.instructions[action[e]], info)
             if args.critique_in_prompt and self.method.critique:
-                self._online_critique(buf, t)
+                with phases("critique"):
+                    self._online_critique(buf, t)
         self.frames += T * n
         return buf, episodes
 
@@ -236,14 +238,14 @@ class Trainer:
             rows["returns"].append(returns[:, 0])
             if student_advantages is not None:
                 rows["student_advantage"].append(student_advantages[starts, e])
-        data = {key: value if key == "prompt" else np.concatenate(value) if value else None
-                for key, value in rows.items()}
+        prompts = rows.pop("prompt")
+        data = {key: np.concatenate(value) for key, value in rows.items() if value}  # no student: no advantages
         critique = self.method.critique
         targets = teacher_targets(data["instruction"], data["action"], data["executed"], data["advantage"],
-                                  data["student_advantage"], critique and args.critique_advantage,
+                                  data.get("student_advantage"), critique and args.critique_advantage,
                                   critique and args.critique_imitation > 0, args.teacher_normalize_advantages)
         logprob = np.log(data["probs"][np.arange(len(targets.action)), targets.action])
-        return {"prompt": data["prompt"], "action": targets.action, "logprob": logprob, "value": data["value"],
+        return {"prompt": prompts, "action": targets.action, "logprob": logprob, "value": data["value"],
                 "advantage": targets.advantage, "returns": data["returns"], "ppo": targets.ppo,
                 "imitation": targets.imitation}
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bidir.compare import frames_to_return, load_runs, mean_ci, paired_difference, smooth
+from bidir.compare import final_mean, frames_to_return, load_runs, mean_ci, paired_difference, smooth
 
 
 def final_return(run, last=5):
     """Mean return over the run's last `last` iterations."""
-    return float(np.nanmean(run["return"][-last:]))
+    return final_mean(run["return"], last)
 
 
 def frames_to_08(run):
