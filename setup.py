@@ -32,7 +32,7 @@ setup(
         "console_scripts": [
             "bidir-train=bidir.train:main",
             "bidir-eval=bidir.evaluate:main",
-            "bidir-teacher=bidir.teacher_model:main",
+            "bidir-teacher=bidir.teacher_cli:main",
             "bidir-compare=bidir.compare:main",
         ]
     },

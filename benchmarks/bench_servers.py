@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 
 from bidir.llm import LocalCaller, make_caller
 from bidir.teacher import build_prompt, teacher_module_functions
-from bidir.teacher_model import resolve_model_path
+from bidir.models import resolve_model_path
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATES = ["turn left", "turn right", "go forward", "pick up", "drop", "toggle"]

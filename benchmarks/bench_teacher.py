@@ -132,7 +132,7 @@ def table(results: list[dict], header: str) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", default="flan-t5-small", help="a bidir.teacher_model.SHAPES name")
+    parser.add_argument("--shape", default="flan-t5-small", help="a bidir.models.SHAPES name")
     parser.add_argument("--lora", action="store_true", help="LoRA adapter (r=8, alpha=16, peft's default targets)")
     parser.add_argument("--backends", nargs="+", default=["local", "lamorel"], choices=["local", "lamorel"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -147,7 +147,7 @@ def main():
     parser.add_argument("--override", nargs="*", default=[], help="extra hydra overrides for bidir.train")
     args = parser.parse_args()
 
-    from bidir.teacher_model import SHAPES, build_model, shape_parameters
+    from bidir.models import SHAPES, build_model, shape_parameters
 
     models = Path(args.models or tempfile.mkdtemp(prefix="bidir-bench-"))
     path = models / args.shape

@@ -8,6 +8,8 @@ checked with no further edit. Keys whose default is empty (null) take any value.
 from __future__ import annotations
 
 import argparse
+import difflib
+import math
 import os
 from pathlib import Path
 
@@ -26,8 +28,8 @@ RANGES = {  # bounds (inclusive, None: open) beyond the type, for keys whose non
     "rl_script_args.student_minibatch_size": (1, None),
     "rl_script_args.distill_iterations": (1, None),
     "rl_script_args.message_dropout": (0.0, 1.0),
-    "rl_script_args.teacher_acts": (0.0, 1.0),
-    "rl_script_args.teacher_acts_iterations": (0, None),
+    "rl_script_args.teacher_share_start": (0.0, 1.0),
+    "rl_script_args.teacher_share_iterations": (0, None),
     "rl_script_args.critique_imitation": (0.0, None),
     "rl_script_args.teacher_every": (1, None),
     "rl_script_args.prompt_history": (1, None),
@@ -37,8 +39,18 @@ RANGES = {  # bounds (inclusive, None: open) beyond the type, for keys whose non
     "rl_script_args.eval_episodes": (0, None),
     "rl_script_args.keep_checkpoints": (1, None),
     "rl_script_args.torch_threads": (0, None),
+    "rl_script_args.reward_scale": (0.0, None),
+    "rl_script_args.student_lr": (0.0, None),
+    "rl_script_args.teacher_lr": (0.0, None),
+    "rl_script_args.student_clip_eps": (0.0, None),
+    "rl_script_args.teacher_clip_eps": (0.0, None),
+    "rl_script_args.student_max_grad_norm": (0.0, None),
+    "rl_script_args.teacher_max_grad_norm": (0.0, None),
+    "rl_script_args.distill_coef": (0.0, None),
     "lamorel_args.llm_configs.main_llm.lora.r": (1, None),
 }
+
+WANDB_MODES = ("offline", "online", "disabled")
 
 RESUMABLE_CHANGES = (  # how long a run goes, where it runs and how it is shown, not what it computes
     "rl_script_args.iterations", "rl_script_args.output_dir", "rl_script_args.path",
@@ -61,7 +73,7 @@ def check_config(config: DictConfig):
     from bidir.envs import instruction_actions, make_text_env
     from bidir.llm import under_lamorel_launcher
     from bidir.methods import get_method
-    from bidir.teacher_model import check_llm_config, resolve_model_path
+    from bidir.models import check_llm_config, resolve_model_path
 
     check_types(config)
     check_ranges(config)
@@ -112,7 +124,12 @@ def check_types(config: DictConfig):
 
 
 def check_ranges(config: DictConfig):
-    """Values within RANGES."""
+    """Numbers finite, values within RANGES, a known wandb.mode."""
+    for key, value in _leaves(OmegaConf.to_container(config, resolve=True)).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{key} must be a finite number, got {value}")
+    if config.wandb.mode not in WANDB_MODES:
+        raise UsageError(f"wandb.mode must be one of {', '.join(WANDB_MODES)}, got {_show(config.wandb.mode)}")
     for key, (low, high) in RANGES.items():
         value = OmegaConf.select(config, key)
         if value is None or (low is None or value >= low) and (high is None or value <= high):
@@ -149,7 +166,12 @@ def check_resumable(config: DictConfig):
     saved_path = output_dir / "config.yaml"
     if not saved_path.exists() or not any((output_dir / "checkpoints").glob("iter_*[0-9]")):
         return
-    saved = _leaves(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True))
+    try:
+        saved = _leaves(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True))
+    except Exception as error:  # noqa: BLE001 - yaml and omegaconf raise many kinds
+        raise UsageError(f"cannot resume {output_dir}: its config.yaml does not parse ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0]}); restore that file or choose a new "
+                         f"rl_script_args.output_dir") from None
     new = _leaves(OmegaConf.to_container(config, resolve=True))
     if saved.get(MODEL_PATH) != new.get(MODEL_PATH):  # a method without a teacher records the name unresolved
         saved[MODEL_PATH], new[MODEL_PATH] = _resolved(saved.get(MODEL_PATH)), _resolved(new.get(MODEL_PATH))
@@ -179,9 +201,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _resolved(model_path):
     """The path a model name resolves to; the name itself if it does not resolve."""
-    from bidir.teacher_model import resolve_model_path
+    from bidir.models import resolve_model_path
     try:
         return resolve_model_path(model_path)
     except (ValueError, OSError, TypeError):
@@ -217,3 +250,49 @@ def _show(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(map(str, value)) + "]"
     return "absent" if type(value) is object else str(value)
+
+
+def check_override_keys(overrides: list[str]):
+    """Names an override key that no config has, with the key meant (`method=glam` is
+    `rl_script_args.method=glam`), before hydra reports it in its own words. Keys hydra adds
+    (`+key`, `hydra.*`) and runs with another config (`--config-name`, lamorel_configs) are left
+    to hydra."""
+    if any(arg.startswith("--config") for arg in overrides):
+        return
+    known = set(_leaves(OmegaConf.to_container(OmegaConf.load(DEFAULTS))))
+    known |= {key.rsplit(".", 1)[0] for key in known}  # a whole node (`...lora={...}`) is a key too
+    known.add("setting")
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if "=" not in override or key.startswith(("+", "~", "hydra.", "-")) or key in known:
+            continue
+        by_name = sorted(k for k in known if k.endswith("." + key))
+        meant = by_name or difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {meant[0]}={override.split('=', 1)[1]}?" if meant else \
+            " (python -m bidir.train --help lists every key)"
+        raise UsageError(f"unknown key {key!r}{hint}")
+
+
+def usage() -> str:
+    """`python -m bidir.train --help`: how to call it, the methods, and every key with its
+    documentation (config.yaml as written)."""
+    from bidir.methods import METHODS
+
+    methods = "\n".join(f"  {name:8s} {method.summary}" for name, method in METHODS.items())
+    return (f"usage: python -m bidir.train [key=value ...]   (also: bidir-train)\n\n"
+            f"Trains rl_script_args.method on rl_script_args.env_id; hydra overrides set any key below.\n"
+            f"Example: python -m bidir.train rl_script_args.method=glam rl_script_args.seed=2\n\n"
+            f"methods (rl_script_args.method):\n{methods}\n\n"
+            f"settings: setting=offline (default: the offline teacher tiny-t5-bc, CPU) or setting=paper "
+            f"(flan-t5-small, GLAM's values)\n\n"
+            f"keys, with their defaults and documentation (bidir/conf/config.yaml):\n\n{DEFAULTS.read_text()}")
+
+
+def quiet_libraries():
+    """The console shows bidir's progress and results: transformers' loading bars and W&B's
+    banner would bury them (W&B still logs everything to its run directory)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    os.environ.setdefault("WANDB_SILENT", "true")

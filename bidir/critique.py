@@ -3,15 +3,10 @@ critique").
 
 The student's critic has seen far more of the environment than the teacher's value head, so its
 advantage A_S(t) says how much better the action taken at step t turned out than the student
-expected. That judgement can reach the teacher in two ways, one per kind of step:
-
-- student steps (the student chose; on by default): where A_S(t) > 0 the teacher imitates the
-  student's action, weighted by A_S(t), so the teacher keeps learning from its student after it
-  stops acting;
-- executed steps (the teacher's instruction was carried out; off by default, measured no help):
-  the teacher's PPO advantage for the instruction is A_S(t), normalised, instead of its own GAE.
-
-Without a critique the teacher's PPO uses its own GAE on executed steps and nothing else.
+expected. On the steps where the student chose, where A_S(t) > 0, the teacher imitates the
+student's action, weighted by A_S(t), so the teacher keeps learning from its student after it
+stops acting. Without a critique the teacher's PPO uses its own GAE on executed steps and nothing
+else. (Two other routes were measured and dropped: docs/design.md.)
 """
 from __future__ import annotations
 
@@ -39,35 +34,23 @@ def normalised(values: np.ndarray, scale_from: np.ndarray | None = None) -> np.n
 
 
 def teacher_targets(instruction: np.ndarray, action: np.ndarray, executed: np.ndarray,
-                    own_advantage: np.ndarray, student_advantage: np.ndarray | None,
-                    use_student_advantage: bool, imitate: bool, normalise: bool = True) -> TeacherTargets:
+                    own_advantage: np.ndarray, student_advantage: np.ndarray | None, imitate: bool,
+                    normalise: bool = True) -> TeacherTargets:
     """The teacher's training rows from its queries.
 
     PPO trains only on executed queries, where the instruction is what happened (the teacher's
-    own, on-policy data); its advantage is the student's (critique) or the teacher's own GAE,
-    with `normalise` divided by its spread either way, so that the two differ in direction, not
-    in step size. With `imitate`, student-chosen queries whose student advantage is positive
-    become imitation rows for the student's action, weighted by that advantage (on the same
-    scale)."""
+    own, on-policy data), with the teacher's own GAE advantage, with `normalise` divided by its
+    spread on those queries. With `imitate` (and a student), student-chosen queries whose student
+    advantage is positive become imitation rows for the student's action, weighted by that
+    advantage (divided by its spread with `normalise`)."""
     executed = np.asarray(executed, bool)
-    if student_advantage is None:  # no student: nothing to critique with
-        use_student_advantage, imitate = False, False
 
     def scale(values, scale_from=None):
         return normalised(values, scale_from) if normalise else values.astype(np.float32)
 
-    if use_student_advantage:
-        advantage = scale(student_advantage)
-    else:
-        advantage = scale(own_advantage, own_advantage[executed]) if executed.any() else own_advantage
+    advantage = scale(own_advantage, own_advantage[executed]) if executed.any() else own_advantage
     imitation = np.zeros(len(executed), np.float32)
-    if imitate:
+    if imitate and student_advantage is not None:
         imitation = np.where(executed, 0.0, np.maximum(scale(student_advantage), 0.0)).astype(np.float32)
     return TeacherTargets(action=np.where(executed, instruction, action), advantage=advantage.astype(np.float32),
                           ppo=executed, imitation=imitation)
-
-
-def critique_sentence(action: str, value: float) -> str:
-    """The critique of the action just carried out, as a sentence for the teacher's next prompt."""
-    verdict = "helpful" if value > 0 else "not helpful"
-    return f'the student found "{action}" {verdict}'

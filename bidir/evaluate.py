@@ -2,7 +2,7 @@
 
 Modes: the student with the teacher's messages, the student alone, and the teacher alone (the LLM
 acting, as in GLAM). Each runs one episode in each of `episodes` environments whose seeds no
-training run uses (training seeds are seed * 10_000 + i for seed < EVAL_SEED_BASE).
+training run uses (EVAL_SEED_BASE).
 """
 from __future__ import annotations
 
@@ -16,19 +16,26 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from bidir.agent import PromptHistory, sample_rows, student_inputs, summarize_episodes
-from bidir.checks import positive_int
+from bidir import checkpoint
+from bidir.checks import non_negative_int, positive_int, quiet_libraries
 from bidir.envs import TextVecEnv
 from bidir.methods import get_method
+from bidir.metrics import Phases
+from bidir.prompts import PromptHistory
+from bidir.rollout import Acting, summarize_episodes
+from bidir.student import Student
+from bidir.teacher import start_teacher
 
 log = logging.getLogger("bidir")
 
 EVAL_SEED_BASE = 100_000
+"""Held-out environment seeds start here (env i of evaluation seed s: (EVAL_SEED_BASE + s) * 10_000 + i);
+training uses seed * 10_000 + i, so training seeds below EVAL_SEED_BASE never meet them."""
 
-MODES = {  # mode -> (student acts, student sees the teacher, teacher needed)
-    "student_with_teacher": (True, True, True),
-    "student_alone": (True, False, False),
-    "teacher_alone": (False, False, True),
+MODES = {  # mode -> (the student acts, the teacher is consulted)
+    "student_with_teacher": (True, True),
+    "student_alone": (True, False),
+    "teacher_alone": (False, True),
 }
 
 
@@ -43,44 +50,30 @@ def modes_for(method_name: str) -> list[str]:
 
 
 def evaluate(mode: str, env_id: str, instructions: list[str], episodes: int, seed: int, student=None,
-             teacher=None, prompt_history: int = 1, device="cpu") -> dict:
-    """Runs one episode per environment in `mode`; returns success_rate, return_mean,
-    episode_length_mean and episodes."""
-    student_acts, shows_teacher, _ = MODES[mode]
+             teacher=None, prompt_history: int = 1, device="cpu", teacher_every: int = 1) -> dict:
+    """Runs one episode per environment in `mode`, acting as training acts (bidir/rollout.py) with
+    the message always shown and the student choosing (or, teacher alone, every instruction
+    executed); returns success_rate, return_mean, episode_length_mean and episodes."""
+    student_acts, consults_teacher = MODES[mode]
     envs = TextVecEnv(env_id, episodes, EVAL_SEED_BASE + seed, instructions)
-    rng = np.random.default_rng(seed)
-    generator = torch.Generator().manual_seed(seed)
-    k = len(instructions)
+    acting = Acting(teacher if consults_teacher else None, student if student_acts else None, episodes,
+                    instructions, teacher_every, message_dropout=0.0, rng=np.random.default_rng(seed),
+                    torch_rng=torch.Generator().manual_seed(seed), device=device)
     history = PromptHistory(episodes, prompt_history)
     obs, infos = envs.reset()
     for env, info in enumerate(infos):
         history.start(env, info)
     results: list[dict | None] = [None] * episodes
     bar = tqdm(total=episodes, desc=mode, unit="episode", leave=False, disable=None)
+    phases = Phases()
     while any(r is None for r in results):
-        probs, values = np.full((episodes, k), 1.0 / k), np.zeros(episodes, np.float32)
-        instruction = np.zeros(episodes, np.int64)
-        active = [e for e in range(episodes) if results[e] is None]
-        if teacher is not None and (shows_teacher or not student_acts):
-            probs[active], values[active] = teacher.advise([history.prompt(e) for e in active])
-            instruction = sample_rows(probs, rng)
-        if student_acts:
-            with torch.no_grad():
-                x = student_inputs(obs, list(history.missions), instruction, probs, values,
-                                   np.full(episodes, shows_teacher), device)
-                dist, _ = student(x)
-                action = torch.multinomial(dist.probs, 1, generator=generator).squeeze(1).cpu().numpy()
-        else:
-            action = instruction
-        obs, _, done, infos = envs.step(action)
-        for e, info in enumerate(infos):
-            if done[e]:
-                if results[e] is None:
-                    results[e] = info["episode"]
-                    bar.update(1)
-                history.start(e, info)
-            else:
-                history.advance(e, instructions[action[e]], info)
+        active = np.array([r is None for r in results])
+        step = acting.act(obs, history, eps=0.0 if student_acts else 1.0, phases=phases, active=active)
+        obs, _, done, infos = envs.step(step.action)
+        acting.observe(history, step.action, done, infos)
+        for e in np.flatnonzero(done & active):
+            results[e] = infos[e]["episode"]
+            bar.update(1)
     envs.close()
     bar.close()
     return summarize_episodes(results)
@@ -92,7 +85,7 @@ def evaluate_all(method_name: str, args, student, teacher, episodes: int, seed: 
     for mode in modes_for(method_name):
         log.info("held-out evaluation: %s, %d episodes", mode, episodes)
         results[mode] = evaluate(mode, args.env_id, list(args.instructions), episodes, seed, student, teacher,
-                                 args.prompt_history, args.device)
+                                 args.prompt_history, args.device, args.teacher_every)
     return results
 
 
@@ -108,62 +101,59 @@ def format_table(results: dict) -> str:
 def load_run(path: Path):
     """(config, checkpoint dir) for a run directory or one of its checkpoint directories."""
     path = Path(path)
-    if (path / "trainer.pt").exists():
-        checkpoint, run_dir = path, path.parent.parent
+    if (path / checkpoint.TRAINER_FILE).exists():
+        latest, run_dir = path, path.parent.parent
     else:
-        from bidir.train import find_checkpoint
-        run_dir, checkpoint = path, find_checkpoint(path)
+        run_dir, latest = path, checkpoint.find(path)
     if not (run_dir / "config.yaml").exists():
         raise ValueError(f"{run_dir} is not a bidir run directory (no config.yaml)")
-    if checkpoint is None:
+    if latest is None:
         raise ValueError(f"{run_dir} has no readable checkpoint")
-    return OmegaConf.load(run_dir / "config.yaml"), checkpoint
+    try:
+        config = OmegaConf.load(run_dir / "config.yaml")
+    except Exception as error:  # noqa: BLE001 - yaml and omegaconf raise many kinds
+        raise ValueError(f"{run_dir / 'config.yaml'} does not parse ({type(error).__name__})") from None
+    return config, latest
 
 
-def restore(config, checkpoint: Path):
+def restore(config, saved: Path):
     """The student and the teacher (in-process) of a checkpoint; None for absent parts."""
-    from bidir.llm import LocalCaller
-    from bidir.student import Student
-    from bidir.teacher import TEACHER_CHECKPOINT, Teacher, TeacherInitializer, teacher_module_functions
-
     args = config.rl_script_args
     method = get_method(args.method)
-    k = len(args.instructions)
-    student = teacher = None
+    student = None
     if method.student:
+        k = len(args.instructions)
         student = Student(k, k).to(args.device)  # where evaluate_all puts its inputs
-        student.load_state_dict(torch.load(checkpoint / "trainer.pt", weights_only=True)["student"])
+        student.load_state_dict(checkpoint.load(saved)["student"])
         student.eval()
-    if method.teacher:
-        saved = checkpoint / TEACHER_CHECKPOINT
-        caller = LocalCaller(config.lamorel_args,
-                             custom_module_functions={"main_llm": teacher_module_functions(args.seed)},
-                             custom_model_initializer={"main_llm": TeacherInitializer(
-                                 str(saved) if saved.exists() else None, seed=args.seed)})
-        teacher = Teacher(caller, list(args.instructions))
-    return student, teacher
+    return student, start_teacher(config, method, saved)
 
 
 def main(argv=None):
     """CLI: evaluate a run directory (its newest checkpoint) or a checkpoint directory."""
-    parser = argparse.ArgumentParser(prog="bidir-eval", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bidir-eval", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("path", type=Path, help="run directory or checkpoint directory")
     parser.add_argument("--episodes", type=positive_int, default=100, help="held-out episodes per mode")
-    parser.add_argument("--seed", type=int, default=0, help="evaluation seed (env seeds are disjoint from training)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="evaluation seed (env seeds are disjoint from training)")
     parser.add_argument("--json", type=Path, help="where to write the results (default: "
                         "<run>/eval_<checkpoint>_seed<seed>.json; the run's own eval.json only when named here)")
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_libraries()
     try:
-        config, checkpoint = load_run(options.path)
+        config, saved = load_run(options.path)
     except ValueError as error:
         parser.exit(2, f"bidir-eval: error: {error}\n")
-    student, teacher = restore(config, checkpoint)
+    out = options.json or saved.parent.parent / f"eval_{saved.name}_seed{options.seed}.json"
+    if not out.parent.is_dir():
+        parser.exit(2, f"bidir-eval: error: --json {out}: {out.parent} is not a directory\n")
+    student, teacher = restore(config, saved)
     results = evaluate_all(config.rl_script_args.method, config.rl_script_args, student, teacher,
                            options.episodes, options.seed)
-    out = options.json or checkpoint.parent.parent / f"eval_{checkpoint.name}_seed{options.seed}.json"
-    out.write_text(json.dumps({"checkpoint": str(checkpoint), "results": results}, indent=2))
-    print(f"{config.rl_script_args.method} @ {checkpoint}")
+    out.write_text(json.dumps({"checkpoint": str(saved), "results": results}, indent=2))
+    print(f"{config.rl_script_args.method} @ {saved}")
     print(format_table(results))
     print(f"written to {out}")
 

@@ -12,14 +12,19 @@ class Method:
     teacher: bool          # an LLM teacher is queried
     teacher_learns: bool   # the teacher gets PPO updates
     student: bool          # an RL student exists (and acts); otherwise the teacher acts
-    critique: bool         # the student's critique enters the teacher's reward
+    critique: bool         # the teacher also learns from the student's critique (imitation of its good choices)
+    summary: str           # one line for --help
 
 
 METHODS = {
-    "bidir": Method(teacher=True, teacher_learns=True, student=True, critique=True),
-    "t2s": Method(teacher=True, teacher_learns=False, student=True, critique=False),
-    "glam": Method(teacher=True, teacher_learns=True, student=False, critique=False),
-    "student": Method(teacher=False, teacher_learns=False, student=True, critique=False),
+    "bidir": Method(teacher=True, teacher_learns=True, student=True, critique=True,
+                    summary="the teacher guides the student; the student's critique trains the teacher"),
+    "t2s": Method(teacher=True, teacher_learns=False, student=True, critique=False,
+                  summary="a frozen teacher guides the student (teacher -> student only)"),
+    "glam": Method(teacher=True, teacher_learns=True, student=False, critique=False,
+                   summary="the LLM acts and learns by PPO on the reward (GLAM, the paper's baseline)"),
+    "student": Method(teacher=False, teacher_learns=False, student=True, critique=False,
+                      summary="the RL student alone, PPO"),
 }
 
 

@@ -62,6 +62,20 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     return -surrogate.mean() if mask is None else -masked_mean(surrogate, mask)
 
 
+def approx_kl_and_clipfrac(logprobs: torch.Tensor, old_logprobs: torch.Tensor, clip_eps: float,
+                           mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far an update moved the policy, as CleanRL logs it: the approximate KL(old || new),
+    mean((ratio - 1) - log ratio), and the fraction of rows whose ratio left [1 - eps, 1 + eps];
+    over the rows where `mask` is 1 (all by default). No gradient."""
+    with torch.no_grad():
+        log_ratio = logprobs - old_logprobs
+        ratio = log_ratio.exp()
+        kl, clipped = (ratio - 1) - log_ratio, ((ratio - 1).abs() > clip_eps).float()
+        if mask is None:
+            return kl.mean(), clipped.mean()
+        return masked_mean(kl, mask), masked_mean(clipped, mask)
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The mean of `values` over the rows where `mask` is 1 (0 when none is)."""
     return (values * mask).sum() / mask.sum().clamp(min=1)

@@ -16,11 +16,12 @@ from minigrid.utils.baby_ai_bot import BabyAIBot
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from bidir.agent import PromptHistory
 from bidir.envs import INSTRUCTIONS, instruction_actions, make_text_env
-from bidir.llm import BaseUpdater, make_caller
+from bidir.llm import BaseUpdater
 from bidir.lora import LORA_DEFAULTS, trainable_parameters
-from bidir.teacher import TeacherInitializer, teacher_module_functions
+from bidir.models import model_type_of, resolve_model_path
+from bidir.prompts import PromptHistory
+from bidir.teacher import start_llm
 
 log = logging.getLogger("bidir")
 
@@ -94,8 +95,6 @@ def pretrain(model_path: str, output: Path, levels=PRETRAIN_LEVELS, episodes_per
     """Clones the bot into the teacher at `model_path` and writes the result to `output`: a full model,
     or with `lora` (keys of bidir.lora.LORA_DEFAULTS, enabled implied) a LoRA adapter for that model.
     `model_type` None: read from the model's config."""
-    from bidir.teacher_model import model_type_of, resolve_model_path
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     prompts, targets = bot_demonstrations(levels, episodes_per_level, seed, prompt_history)
@@ -108,9 +107,7 @@ def pretrain(model_path: str, output: Path, levels=PRETRAIN_LEVELS, episodes_per
         "pretrained": True, "minibatch_size": 1024, "pre_encode_inputs": False, "constructor_kwargs": None,
         "load_in_4bit": False, "synchronize_gpus_after_scoring": False, "empty_cuda_cache_after_scoring": False}},
         "distributed_setup_args": {"llm_processes": {"main_llm": {"n_processes": 1, "devices_per_process": [device]}}}})
-    caller = make_caller(config, custom_updater={"main_llm": BehaviourCloningUpdater()},
-                         custom_module_functions={"main_llm": teacher_module_functions(seed)},
-                         custom_model_initializer={"main_llm": TeacherInitializer(None, seed)})
+    caller = start_llm(config, seed, BehaviourCloningUpdater())
     candidates = [list(INSTRUCTIONS)] * len(prompts)
     bar = tqdm(range(epochs), desc="pretrain", unit="epoch")
     for _ in bar:
@@ -122,37 +119,3 @@ def pretrain(model_path: str, output: Path, levels=PRETRAIN_LEVELS, episodes_per
     caller.update([""], [[""]], save_pretrained_to=str(output))
     caller.close()
     return output
-
-
-def add_pretrain_command(subparsers):
-    """Registers `bidir-teacher pretrain` on the CLI's subparsers."""
-    parser = subparsers.add_parser("pretrain", help="behavioural cloning of a teacher on the BabyAI bot")
-    parser.add_argument("--model", default="tiny-t5", help="teacher to start from: hub id, local model directory "
-                        "or a built-in name (default: tiny-t5, untrained)")
-    parser.add_argument("--model-type", choices=["seq2seq", "causal"],
-                        help="seq2seq (T5 family) or causal (decoder-only) model (default: read from the model's config)")
-    parser.add_argument("--output", type=Path, required=True, help="model directory to write")
-    parser.add_argument("--levels", nargs="+", default=list(PRETRAIN_LEVELS),
-                        help="BabyAI levels the bot demonstrates (default: %(default)s)")
-    parser.add_argument("--episodes-per-level", type=int, default=100,
-                        help="bot episodes per level (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=20, help="passes over the demonstrations (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=64, help="prompts per optimizer step (default: %(default)s)")
-    parser.add_argument("--prompt-history", type=int, default=1,
-                        help="past observations in each prompt; match rl_script_args.prompt_history "
-                        "(default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of demonstrations and training (default: %(default)s)")
-    parser.add_argument("--device", default="cpu",
-                        help="torch device of the teacher, e.g. cpu or cuda:0 (default: %(default)s)")
-    parser.add_argument("--lora", action="store_true",
-                        help="train and write a LoRA adapter (use it as lora.adapter_path) instead of the whole model")
-    parser.add_argument("--lora-r", type=int, default=LORA_DEFAULTS["r"], help="adapter rank (default: %(default)s)")
-    parser.add_argument("--lora-alpha", type=float, default=LORA_DEFAULTS["alpha"],
-                        help="adapter scaling alpha (default: %(default)s)")
-    parser.add_argument("--lora-target-modules", nargs="+", help="module names (default: peft's for the model family)")
-    parser.set_defaults(func=lambda a: print(pretrain(
-        a.model, a.output, a.levels, a.episodes_per_level, a.epochs, a.lr, a.batch_size, a.seed,
-        a.prompt_history, a.model_type, a.device,
-        {"r": a.lora_r, "alpha": a.lora_alpha, "target_modules": a.lora_target_modules} if a.lora else None)))

@@ -13,7 +13,6 @@ import numpy as np  # noqa: E402
 
 from bidir.compare import final_mean, frames_to_return, smooth  # noqa: E402
 from bidir.evaluate import evaluate, evaluate_all, format_table  # noqa: E402
-from bidir.methods import get_method  # noqa: E402
 
 START_EVAL = "eval_start.json"
 """The teacher's held-out evaluation before its first update (methods whose teacher learns)."""
@@ -45,26 +44,26 @@ def plot_learning_curve(rows: list[dict], path: Path, title: str, window: int = 
     return path
 
 
-def evaluate_teacher_at_start(config, trainer):
+def evaluate_teacher_at_start(config, method, trainer):
     """Before the first update of a learning teacher, its held-out teacher-alone figures go to
     eval_start.json: the reference that says whether training (and the critique) improved it.
     The evaluation leaves the run itself untouched (memo and LLM counters restored)."""
     args = config.rl_script_args
     path = Path(args.output_dir) / START_EVAL
-    if args.eval_episodes <= 0 or not get_method(args.method).teacher_learns or trainer.iteration > 0 or path.exists():
+    if args.eval_episodes <= 0 or not method.teacher_learns or trainer.iteration > 0 or path.exists():
         return
     contexts = trainer.teacher.llm_contexts
     result = evaluate("teacher_alone", args.env_id, list(args.instructions), args.eval_episodes, 0,
-                      teacher=trainer.teacher, prompt_history=args.prompt_history)
+                      teacher=trainer.teacher, prompt_history=args.prompt_history, teacher_every=args.teacher_every)
     trainer.teacher.forget()
     trainer.teacher.llm_contexts = contexts
     path.write_text(json.dumps({"results": {"teacher_at_start": result}}, indent=2))
 
 
-def finish_run(config, trainer, caller) -> dict:
+def finish_run(config, trainer, latest_checkpoint) -> dict:
     """Plots the curve, evaluates on held-out seeds, writes eval.json and prints the summary:
     the final return, the frames to a return of 0.8, and the held-out figures (with the teacher
-    before training, where it learned)."""
+    before training, where it learned). Returns the held-out results (mode -> figures)."""
     args = config.rl_script_args
     out = Path(args.output_dir)
     rows = _read_rows(out / "metrics.csv")
@@ -74,7 +73,7 @@ def finish_run(config, trainer, caller) -> dict:
         if trainer.student:
             trainer.student.eval()
         results = evaluate_all(args.method, args, trainer.student, trainer.teacher, args.eval_episodes)
-        (out / "eval.json").write_text(json.dumps({"checkpoint": str(trainer.checkpoint), "results": results},
+        (out / "eval.json").write_text(json.dumps({"checkpoint": str(latest_checkpoint), "results": results},
                                                   indent=2))
     print(f"\n{args.method} on {args.env_id}: {trainer.iteration} iterations, {trainer.frames} frames, "
           f"{trainer.wall_time:.0f} s")

@@ -3,13 +3,14 @@ message, trained with PPO plus a distillation term KL(pi_T || pi_S) that fades o
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 from torch import nn
 from torch.distributions import Categorical
 
-from bidir.ppo import Batch, minibatches, policy_loss, value_loss
+from bidir.ppo import Batch, approx_kl_and_clipfrac, minibatches, policy_loss, value_loss
 
 MISSION_BUCKETS = 512
 MISSION_WORDS = 16
@@ -56,45 +57,91 @@ class Student(nn.Module):
         return Categorical(logits=self.actor(x)), self.critic(x).squeeze(-1)
 
 
-def update_student(student: Student, optimizer: torch.optim.Optimizer, batch: Batch, args,
-                   distill: float, generator: torch.Generator) -> dict[str, float]:
-    """PPO epochs over the rollout, plus distill * KL(pi_T || pi_S) on every step the teacher was
-    consulted, shown to the student or not (so the student learns to act without the message).
+def student_inputs(obs: dict, missions: list[str], instruction: np.ndarray, probs: np.ndarray,
+                   value: np.ndarray, shown: np.ndarray, device="cpu") -> Batch:
+    """The student's input batch. Where `shown` is false (or there is no teacher) the message is
+    replaced by "no message": instruction index k and zero pi_T, V_T."""
+    k = probs.shape[1]
+    return Batch(
+        image=torch.as_tensor(obs["image"], device=device),
+        direction=torch.as_tensor(obs["direction"], device=device),
+        mission=torch.as_tensor(mission_tokens(missions), device=device),
+        instruction=torch.as_tensor(np.where(shown, instruction, k), device=device),
+        teacher_probs=torch.as_tensor(probs * shown[:, None], dtype=torch.float32, device=device),
+        teacher_value=torch.as_tensor(value * shown, dtype=torch.float32, device=device),
+    )
 
-    batch holds the student's inputs plus action, logprob, value, advantage, returns,
-    target_probs (pi_T) and taught (whether pi_T exists for the step)."""
-    sums = {"student_policy_loss": 0.0, "student_value_loss": 0.0, "student_entropy": 0.0, "kl_teacher_student": 0.0}
+
+def training_batch(rollout, advantages: np.ndarray, returns: np.ndarray, device="cpu") -> Batch:
+    """A rollout's steps, flattened, as the student's update reads them: its inputs, plus the
+    action, its behaviour log-probability, V_S, advantage, return and the teacher's pi_T."""
+    def flat(a):
+        return torch.as_tensor(a.reshape(-1, *a.shape[2:]), device=device)
+    k = rollout.probs.shape[-1]
+    batch = student_inputs({"image": rollout.image.reshape(-1, 7, 7, 3), "direction": rollout.direction.reshape(-1)},
+                           [m for row in rollout.missions for m in row], rollout.instruction.reshape(-1),
+                           rollout.probs.reshape(-1, k), rollout.teacher_value.reshape(-1), rollout.shown.reshape(-1),
+                           device)
+    batch.update(action=flat(rollout.action), logprob=flat(rollout.logprob), value=flat(rollout.value),
+                 advantage=flat(advantages), returns=flat(returns), target_probs=flat(rollout.probs).float())
+    return batch
+
+
+@dataclass(frozen=True)
+class StudentPPOSettings:
+    """The student's PPO hyperparameters (rl_script_args.student_*)."""
+
+    lr: float
+    epochs: int
+    minibatch_size: int
+    clip_eps: float
+    entropy_coef: float
+    value_loss_coef: float
+    max_grad_norm: float
+
+    @classmethod
+    def from_args(cls, args) -> StudentPPOSettings:
+        """From the `rl_script_args` node."""
+        return cls(**{f.name: args[f"student_{f.name}"] for f in fields(cls)})
+
+
+LOSS_NAMES = ("student_policy_loss", "student_value_loss", "student_entropy", "kl_teacher_student",
+              "student_approx_kl", "student_clipfrac")
+
+
+def update_student(student: Student, optimizer: torch.optim.Optimizer, batch: Batch, settings: StudentPPOSettings,
+                   distill: float, taught: bool, generator: torch.Generator) -> dict[str, float]:
+    """PPO epochs over the rollout, plus distill * KL(pi_T || pi_S) on every step when there is a
+    teacher (`taught`), its message shown to the student or not, so the student learns to act
+    without it. Returns the mean losses."""
+    sums = dict.fromkeys(LOSS_NAMES, 0.0)
     count = 0
-    for _ in range(args.student_epochs):
-        for index in minibatches(len(batch), args.student_minibatch_size, generator):
+    for _ in range(settings.epochs):
+        for index in minibatches(len(batch), settings.minibatch_size, generator):
             mb = batch[index]
             dist, values = student(mb)
             entropy = dist.entropy().mean()
-            p_loss = policy_loss(dist.log_prob(mb.action), mb.logprob, mb.advantage, args.student_clip_eps)
-            v_loss = value_loss(values, mb.value, mb.returns, args.student_clip_eps)
-            kl = kl_teacher_student(mb.target_probs, dist.logits, mb.taught)
-            loss = (p_loss - args.student_entropy_coef * entropy + args.student_value_loss_coef * v_loss
-                    + distill * kl)
+            logprobs = dist.log_prob(mb.action)
+            p_loss = policy_loss(logprobs, mb.logprob, mb.advantage, settings.clip_eps)
+            v_loss = value_loss(values, mb.value, mb.returns, settings.clip_eps)
+            kl = kl_teacher_student(mb.target_probs, dist.logits) if taught else torch.zeros(())
+            loss = p_loss - settings.entropy_coef * entropy + settings.value_loss_coef * v_loss + distill * kl
+            parts = (p_loss, v_loss, entropy, kl)
             if not torch.isfinite(loss):  # stop before a step spreads it into the weights
-                parts = dict(zip(sums, (p_loss, v_loss, entropy, kl)))
-                raise FloatingPointError(", ".join(f"{name} is {value.item()}" for name, value in parts.items()
+                raise FloatingPointError(", ".join(f"{name} is {value.item()}" for name, value in zip(sums, parts)
                                                    if not torch.isfinite(value)))
             optimizer.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(student.parameters(), args.student_max_grad_norm)
+            nn.utils.clip_grad_norm_(student.parameters(), settings.max_grad_norm)
             optimizer.step()
-            for name, value in zip(sums, (p_loss, v_loss, entropy, kl)):
+            for name, value in zip(sums, (*parts, *approx_kl_and_clipfrac(logprobs, mb.logprob, settings.clip_eps))):
                 sums[name] += value.item()
             count += 1
     return {name: total / max(count, 1) for name, total in sums.items()}
 
 
-def kl_teacher_student(teacher_probs: torch.Tensor, student_logits: torch.Tensor,
-                       has_teacher: torch.Tensor) -> torch.Tensor:
-    """Mean KL(pi_T || pi_S) over the rows where the teacher spoke (0 when it never did)."""
-    if not has_teacher.any():
-        return student_logits.sum() * 0.0
-    p = teacher_probs[has_teacher]
-    log_q = torch.log_softmax(student_logits[has_teacher], dim=-1)
-    kl = (p * (torch.log(p.clamp(min=1e-12)) - log_q)).sum(-1)
+def kl_teacher_student(teacher_probs: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """Mean KL(pi_T || pi_S) over the rows."""
+    log_q = torch.log_softmax(student_logits, dim=-1)
+    kl = (teacher_probs * (torch.log(teacher_probs.clamp(min=1e-12)) - log_q)).sum(-1)
     return kl.mean()

@@ -2,6 +2,7 @@
 output directory exactly as it was (absent stays absent, a run stays untouched). Every case goes
 through the real command line."""
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,7 +55,7 @@ def assert_one_error_line(result, message, prefix="bidir: error:"):
     ("rl_script_args.student_lr=fast", "rl_script_args.student_lr must be a number (default: 0.001), got 'fast'"),
     ("rl_script_args.message_dropout=true", "rl_script_args.message_dropout must be a number"),
     ("rl_script_args.gamma=1.5", "rl_script_args.gamma must be in [0.0, 1.0], got 1.5"),
-    ("rl_script_args.critique_in_prompt=1", "rl_script_args.critique_in_prompt must be true or false"),
+    ("rl_script_args.teacher_normalize_advantages=1", "rl_script_args.teacher_normalize_advantages must be true or false"),
     ("rl_script_args.method=1", "rl_script_args.method must be a string (default: 'bidir'), got 1"),
     ("rl_script_args.instructions=turn left", "rl_script_args.instructions must be a list"),
     ("rl_script_args.instructions=[]", "rl_script_args.instructions is empty"),
@@ -64,6 +65,12 @@ def assert_one_error_line(result, message, prefix="bidir: error:"):
      "lamorel_args.llm_configs.main_llm.model_path: model path '/tmp/does/not/exist' does not exist"),
     ("lamorel_args.llm_configs.main_llm.model_path=google/flan-t5-small", "model_path=tiny-t5-bc"),
     ("setting=paper", "model_path=tiny-t5-bc"),  # flan-t5-small, and no hub here
+    ("rl_script_args.student_lr=nan", "rl_script_args.student_lr must be a finite number, got nan"),
+    ("rl_script_args.reward_scale=inf", "rl_script_args.reward_scale must be a finite number, got inf"),
+    ("rl_script_args.teacher_lr=-0.001", "rl_script_args.teacher_lr must be >= 0.0, got -0.001"),
+    ("wandb.mode=sometimes", "wandb.mode must be one of offline, online, disabled, got 'sometimes'"),
+    ("method=glam", "unknown key 'method'; did you mean rl_script_args.method=glam?"),
+    ("rl_script_args.iteration=3", "unknown key 'rl_script_args.iteration'; did you mean rl_script_args.iterations=3?"),
 ])
 def test_bad_input_fails_fast_with_one_line_and_creates_nothing(tmp_path, override, message):
     result, seconds = run_train(tmp_path / "run", override)
@@ -144,7 +151,34 @@ def test_a_changed_budget_or_presentation_key_resumes(tmp_path):
     result, _ = run_train(out, "rl_script_args.method=student", "rl_script_args.iterations=2",
                           "rl_script_args.keep_checkpoints=1", "wandb.project=elsewhere")
     assert result.returncode == 0, result.stderr
-    assert [line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]] == ["0", "1"]
+    assert [line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]] == ["1", "2"]
+
+
+def test_resuming_a_run_whose_config_no_longer_parses_is_refused(student_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(student_run, out)
+    (out / "config.yaml").write_text("rl_script_args: [unclosed\n")
+    before = snapshot(out)
+    result, _ = run_train(out, "rl_script_args.method=student", "rl_script_args.iterations=2")
+    assert_one_error_line(result, f"cannot resume {out}: its config.yaml does not parse")
+    assert snapshot(out) == before
+
+
+def test_help_documents_every_key_and_lists_the_methods():
+    result, _ = run("bidir.train", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "glam" in result.stdout and "the RL student alone" in result.stdout
+    assert "teacher_share_start: 1.0    # eps_0" in result.stdout  # config.yaml's own documentation
+
+
+def test_bidir_teacher_bad_input(tmp_path):
+    result, _ = run("bidir.teacher_cli", "pretrain", "--output", str(tmp_path / "out"), "--levels", "BabyAI-Nope-v0")
+    assert_one_error_line(result, "--levels: unknown BabyAI level 'BabyAI-Nope-v0'", prefix="bidir-teacher: error:")
+    result, _ = run("bidir.teacher_cli", "pretrain", "--output", str(tmp_path / "out"), "--epochs", "0")
+    assert result.returncode == 2 and "expected a positive integer, got 0" in result.stderr
+    result, _ = run("bidir.teacher_cli", "build")
+    assert_one_error_line(result, "build: --output is required (or --list)", prefix="bidir-teacher: error:")
+    assert not (tmp_path / "out").exists()
 
 
 def test_bidir_eval_bad_input_and_default_output(student_run, tmp_path):
@@ -154,6 +188,11 @@ def test_bidir_eval_bad_input_and_default_output(student_run, tmp_path):
     assert snapshot(student_run) == before
     result, _ = run("bidir.evaluate", str(tmp_path / "none"))
     assert_one_error_line(result, "not a bidir run directory", prefix="bidir-eval: error:")
+    result, _ = run("bidir.evaluate", str(student_run), "--seed", "-1")
+    assert result.returncode == 2 and "--seed: expected an integer >= 0, got -1" in result.stderr
+    result, _ = run("bidir.evaluate", str(student_run), "--json", str(tmp_path / "no" / "dir.json"))
+    assert_one_error_line(result, "is not a directory", prefix="bidir-eval: error:")
+    assert snapshot(student_run) == before
     # a re-evaluation never replaces the run's own held-out result (what bidir-compare reports)
     result, _ = run("bidir.evaluate", str(student_run), "--episodes", "2")
     assert result.returncode == 0, result.stderr

@@ -3,8 +3,8 @@ which rows train the teacher's PPO, with which advantage, and which rows it imit
 import numpy as np
 import pytest
 
-from bidir.agent import behaviour_logprob
-from bidir.critique import critique_sentence, normalised, teacher_targets
+from bidir.critique import normalised, teacher_targets
+from bidir.rollout import behaviour_logprob
 
 INSTRUCTION = np.array([0, 1, 2, 3])
 ACTION = np.array([0, 4, 2, 5])          # rows 0 and 2 executed the instruction; 1 and 3 are the student's
@@ -20,7 +20,7 @@ def test_normalised_divides_by_the_standard_deviation_and_keeps_signs():
 
 
 def test_without_critique_ppo_trains_on_executed_rows_with_the_teachers_own_advantage():
-    t = teacher_targets(INSTRUCTION, ACTION, EXECUTED, OWN, STUDENT, use_student_advantage=False, imitate=False)
+    t = teacher_targets(INSTRUCTION, ACTION, EXECUTED, OWN, STUDENT, imitate=False)
     np.testing.assert_array_equal(t.ppo, EXECUTED)
     np.testing.assert_array_equal(t.action[EXECUTED], INSTRUCTION[EXECUTED])
     # scaled by the spread of the executed rows' advantages (0.2, -0.2): std 0.2
@@ -28,14 +28,8 @@ def test_without_critique_ppo_trains_on_executed_rows_with_the_teachers_own_adva
     np.testing.assert_array_equal(t.imitation, 0.0)
 
 
-def test_critique_advantage_replaces_the_teachers_own():
-    t = teacher_targets(INSTRUCTION, ACTION, EXECUTED, OWN, STUDENT, use_student_advantage=True, imitate=False)
-    np.testing.assert_allclose(t.advantage, STUDENT / np.sqrt(2.5), rtol=1e-6)
-    np.testing.assert_array_equal(t.imitation, 0.0)
-
-
 def test_imitation_only_of_the_students_own_choices_that_its_critic_liked():
-    t = teacher_targets(INSTRUCTION, ACTION, EXECUTED, OWN, STUDENT, use_student_advantage=True, imitate=True)
+    t = teacher_targets(INSTRUCTION, ACTION, EXECUTED, OWN, STUDENT, imitate=True)
     # row 1: the student's action 4, advantage 2 -> weight 2 / sqrt(2.5); row 3: negative -> 0;
     # executed rows are PPO's, never imitated
     np.testing.assert_allclose(t.imitation, [0.0, 2.0 / np.sqrt(2.5), 0.0, 0.0], rtol=1e-6)
@@ -44,7 +38,7 @@ def test_imitation_only_of_the_students_own_choices_that_its_critic_liked():
 
 def test_without_a_student_there_is_nothing_to_critique():
     everything = np.ones(4, bool)
-    t = teacher_targets(INSTRUCTION, INSTRUCTION, everything, OWN, None, use_student_advantage=True, imitate=True)
+    t = teacher_targets(INSTRUCTION, INSTRUCTION, everything, OWN, None, imitate=True)
     np.testing.assert_array_equal(t.ppo, everything)
     np.testing.assert_allclose(t.advantage, OWN / OWN.std(), rtol=1e-6)
     np.testing.assert_array_equal(t.imitation, 0.0)
@@ -60,13 +54,7 @@ def test_behaviour_probability_of_the_acting_mixture(eps):
         np.testing.assert_allclose(behaviour_logprob(pi_s, action, instruction, eps), np.log(expected), rtol=1e-6)
 
 
-def test_critique_sentence():
-    assert critique_sentence("go forward", 0.3) == 'the student found "go forward" helpful'
-    assert critique_sentence("toggle", -0.1) == 'the student found "toggle" not helpful'
-
-
 def test_without_normalisation_advantages_keep_their_scale():
-    t = teacher_targets(INSTRUCTION, ACTION, EXECUTED, OWN, STUDENT, use_student_advantage=True, imitate=True,
-                        normalise=False)
-    np.testing.assert_allclose(t.advantage, STUDENT)
+    t = teacher_targets(INSTRUCTION, ACTION, EXECUTED, OWN, STUDENT, imitate=True, normalise=False)
+    np.testing.assert_allclose(t.advantage, OWN)
     np.testing.assert_allclose(t.imitation, [0.0, 2.0, 0.0, 0.0])

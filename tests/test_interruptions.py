@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from bidir.train import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, find_checkpoint
+from bidir.checkpoint import find as find_checkpoint
+from bidir.train import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 
 
 def command(output_dir, iterations):
@@ -46,7 +47,7 @@ def test_a_signal_stops_after_a_checkpoint_and_the_run_resumes(tmp_path, signum,
     assert len(stopped) == 1 and f"stopped by {name}" in stopped[0] and "rerun the same command" in stopped[0]
     assert not list((out / "checkpoints").glob("*.tmp"))
     done = iterations_logged(out)
-    assert done == list(range(len(done))) and find_checkpoint(out).name == f"iter_{len(done):06d}"
+    assert done == list(range(1, len(done) + 1)) and find_checkpoint(out).name == f"iter_{len(done):06d}"
 
     resumed = subprocess.run(command(out, len(done) + 1), capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr

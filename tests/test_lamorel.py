@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("lamorel")
 
 from bidir.llm import LocalCaller  # noqa: E402
-from bidir.teacher_model import build_tiny_t5  # noqa: E402
+from bidir.models import build_model  # noqa: E402
 
 SCRIPTS = Path(__file__).parent / "lamorel_scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -40,7 +40,7 @@ def launch(model_path, model_type, pre_encode, output, cwd):
 def lamorel_runs(tmp_path_factory):
     """All cases launched in parallel; {(model_type, pre_encode): (model_path, json result)}."""
     root = tmp_path_factory.mktemp("lamorel")
-    paths = {"seq2seq": build_tiny_t5(root / "tiny-t5"), "causal": build_tiny_gpt2(root / "tiny-gpt2")}
+    paths = {"seq2seq": build_model(root / "tiny-t5"), "causal": build_tiny_gpt2(root / "tiny-gpt2")}
     procs = {}
     for model_type, pre in CASES:
         work = root / f"{model_type}-{pre}"

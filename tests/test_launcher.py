@@ -150,7 +150,7 @@ class Run:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("launcher")
-    from bidir.teacher_model import resolve_model_path
+    from bidir.models import resolve_model_path
     tiny_t5 = resolve_model_path("tiny-t5")
     started = {name: Run(name, launcher, [o.format(tiny_t5=tiny_t5) for o in overrides], root)
                for name, (launcher, overrides) in RUNS.items()}

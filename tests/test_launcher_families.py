@@ -47,7 +47,7 @@ def name(shape, lora, backend):
 def family_runs(tmp_path_factory):
     """{name: finished Run}; `<case>-local`, `-1server`, `-2servers`, and the resumed LoRA run in two
     parts (`qwen2-resume-a` to iteration 1, then `-b` to 2, same output_dir)."""
-    from bidir.teacher_model import resolve_model_path
+    from bidir.models import resolve_model_path
 
     root = tmp_path_factory.mktemp("families")
     paths = {shape: resolve_model_path(shape) for shape in MODEL_TYPE}

@@ -8,8 +8,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 import bidir.llm as llm
 from bidir.llm import BaseModelInitializer, BaseModuleFunction, BaseUpdater, LocalCaller, make_caller
-from bidir.teacher import InstructionLogProbs as LogProb  # the teacher's own scoring, checked here
-from bidir.teacher_model import build_tiny_t5
+from bidir.teacher_llm import InstructionLogProbs as LogProb  # the teacher's own scoring, checked here
+from bidir.models import build_model
 
 sys.path.insert(0, str(Path(__file__).parent / "lamorel_scripts"))
 from tiny_models import build_tiny_gpt2  # noqa: E402
@@ -52,7 +52,7 @@ class OneSGDStep(BaseUpdater):
 
 @pytest.fixture(scope="module")
 def t5_path(tmp_path_factory):
-    return str(build_tiny_t5(tmp_path_factory.mktemp("tiny-t5")))
+    return str(build_model(tmp_path_factory.mktemp("tiny-t5")))
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,13 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from bidir.evaluate import load_run, restore
 from bidir.llm import LocalCaller
-from bidir.teacher import (TEACHER_CHECKPOINT, Teacher, TeacherInitializer, TeacherPPOUpdater, build_prompt,
-                           hidden_size, teacher_module_functions)
+from bidir.prompts import build_prompt
+from bidir.teacher import Teacher, TeacherRows
+from bidir.teacher_cli import main as teacher_cli
+from bidir.teacher_llm import (TeacherInitializer, TeacherPPOSettings, TeacherPPOUpdater, hidden_size,
+                               teacher_module_functions)
 from bidir.train import train
-from bidir.teacher_model import SHAPES, build_model, check_llm_config, main as teacher_cli, shape_parameters
+from bidir.models import SHAPES, build_model, check_llm_config, shape_parameters
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import TIMING_COLUMNS, read_rows, small_config  # noqa: E402
@@ -53,24 +56,29 @@ def llm_config(path, model_type, lora):
         "lora": LORA if lora else {"enabled": False}}}})
 
 
+SETTINGS = TeacherPPOSettings(lr=1e-2, epochs=2, minibatch_size=3, gradient_batch_size=2, clip_eps=0.2,
+                              entropy_coef=0.0, value_loss_coef=0.5, imitation_coef=0.0, max_grad_norm=10.0)
+
+
 def make_teacher(path, model_type, lora, checkpoint=None, seed=0):
-    caller = LocalCaller(llm_config(path, model_type, lora), custom_updater={"main_llm": TeacherPPOUpdater()},
+    caller = LocalCaller(llm_config(path, model_type, lora), custom_updater={"main_llm": TeacherPPOUpdater(SETTINGS)},
                          custom_module_functions={"main_llm": teacher_module_functions(seed)},
-                         custom_model_initializer={"main_llm": TeacherInitializer(checkpoint, seed)})
-    return Teacher(caller, INSTRUCTIONS)
+                         custom_model_initializer={"main_llm": TeacherInitializer(seed)})
+    teacher = Teacher(caller, INSTRUCTIONS)
+    if checkpoint:
+        teacher.load(checkpoint)
+    return teacher
 
 
 def ppo_step(teacher, tmp_path):
     """One PPO update that pushes "go forward" up; returns the checkpoint written after it."""
     probs, values = teacher.advise(PROMPTS)
     actions = np.full(len(PROMPTS), 2)
-    args = OmegaConf.create({"teacher_minibatch_size": 3, "teacher_lr": 1e-2, "teacher_epochs": 2,
-                             "teacher_gradient_batch_size": 2, "teacher_clip_eps": 0.2, "teacher_entropy_coef": 0.0,
-                             "teacher_value_loss_coef": 0.5, "teacher_max_grad_norm": 10.0, "critique_imitation": 0.0})
-    saved = tmp_path / TEACHER_CHECKPOINT
+    saved = tmp_path / "teacher.pt"
     n = len(PROMPTS)
-    teacher.update(PROMPTS, actions, np.log(probs[np.arange(n), actions]), values, np.ones(n), values + 1.0,
-                   np.ones(n, bool), np.zeros(n), args, save_to=str(saved), resume_from=None)
+    teacher.update(TeacherRows(PROMPTS, actions, np.log(probs[np.arange(n), actions]), values, np.ones(n),
+                               values + 1.0, np.ones(n, bool), np.zeros(n)))
+    teacher.save(saved)
     return saved
 
 
@@ -187,7 +195,7 @@ def test_resumed_lora_run_equals_uninterrupted_run(tmp_path, shape):
     train(small_config(split, "bidir", *overrides, "rl_script_args.iterations=4"))
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]  # noqa: E731
     assert strip(read_rows(split / "metrics.csv")) == strip(read_rows(whole / "metrics.csv"))
-    saved = torch.load(split / "checkpoints" / "iter_000004" / TEACHER_CHECKPOINT, weights_only=True)["model"]
+    saved = torch.load(split / "checkpoints" / "iter_000004" / "teacher.pt", weights_only=True)["model"]
     assert saved and all("lora_" in k or k.startswith("_module_functions.") for k in saved)
     _, teacher = restore(*load_run(split))  # bidir-eval's path: the adapter checkpoint loads into a LoRA teacher
     probs, _ = teacher.advise(PROMPTS)
@@ -211,7 +219,7 @@ def test_bc_pretraining_writes_an_adapter_that_loads_as_the_teacher(models, tmp_
     config = llm_config(models["tiny-qwen2"], "causal", lora=True)
     config.llm_configs.main_llm.lora.adapter_path = str(out)
     caller = LocalCaller(config, custom_module_functions={"main_llm": teacher_module_functions(0)},
-                         custom_model_initializer={"main_llm": TeacherInitializer(None, 0)})
+                         custom_model_initializer={"main_llm": TeacherInitializer(0)})
     adapted = Teacher(caller, INSTRUCTIONS).advise(PROMPTS)[0]
     base = make_teacher(models["tiny-qwen2"], "causal", lora=False).advise(PROMPTS)[0]
     assert not np.allclose(adapted, base)  # the cloned adapter changes the teacher's policy

@@ -7,15 +7,15 @@ import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from bidir.critique import critique_sentence
 from bidir.envs import INSTRUCTION_ACTIONS, babyai_env_ids, make_text_env
-from bidir.teacher import build_prompt
-from bidir.teacher_model import OFFLINE_HINT, build_tiny_t5, main, resolve_model_path
+from bidir.prompts import build_prompt
+from bidir.models import OFFLINE_HINT, build_model, resolve_model_path
+from bidir.teacher_cli import main
 
 
 @pytest.fixture(scope="module")
 def tiny_t5(tmp_path_factory):
-    return build_tiny_t5(tmp_path_factory.mktemp("tiny-t5"))
+    return build_model(tmp_path_factory.mktemp("tiny-t5"))
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,7 @@ def test_instructions_prompt_words_and_numbers_are_in_vocabulary(tokenizer):
         "The teacher's instruction was unhelpful, not followed - ignored; bad.",
         " ".join(str(i) for i in range(200)),
         build_prompt("go to the red ball", [["You see a wall 2 steps forward"], ["You see a red ball 1 step left"]],
-                     ["turn left"], critique_sentence("turn left", 0.3)),
-        critique_sentence("go forward", -1.0),
+                     ["turn left"]),
     ]
     assert {t: unknown_words(tokenizer, t) for t in texts} == {t: [] for t in texts}
 
@@ -80,8 +79,8 @@ def test_tiny_t5_loads_by_path_and_is_small_and_deterministic(tiny_t5, tmp_path)
     n_params = sum(p.numel() for p in model.parameters())
     assert 150_000 <= n_params <= 400_000
     assert model.config.decoder_start_token_id == 0
-    again = AutoModelForSeq2SeqLM.from_pretrained(build_tiny_t5(tmp_path / "again", seed=0))
-    other = AutoModelForSeq2SeqLM.from_pretrained(build_tiny_t5(tmp_path / "other", seed=1))
+    again = AutoModelForSeq2SeqLM.from_pretrained(build_model(tmp_path / "again", seed=0))
+    other = AutoModelForSeq2SeqLM.from_pretrained(build_model(tmp_path / "other", seed=1))
     for (name, a), b, c in zip(model.state_dict().items(), again.state_dict().values(), other.state_dict().values()):
         assert torch.equal(a, b), name
     assert not all(torch.equal(a, c) for a, c in zip(model.state_dict().values(), other.state_dict().values()))

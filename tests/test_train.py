@@ -7,10 +7,14 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 
+from bidir.checkpoint import find as find_checkpoint
 from bidir.evaluate import evaluate_all, load_run, restore
-from bidir.train import METRIC_COLUMNS, find_checkpoint, train
+from bidir.metrics import FIRST_COLUMNS
+from bidir.train import train
 
-TIMING_COLUMNS = {"wall_time_s", "fps"} | {c for c in METRIC_COLUMNS if c.startswith("time_")}
+
+def timing(column):
+    return column in ("wall_time_s", "fps") or column.startswith("time_")
 
 
 def small_config(output_dir, method, *overrides):
@@ -33,8 +37,11 @@ def test_two_iterations_write_a_valid_metrics_csv(tmp_path, method):
     out = tmp_path / method
     train(small_config(out, method))
     rows = read_rows(out / "metrics.csv")
-    assert list(rows[0]) == METRIC_COLUMNS
-    assert [int(r["iteration"]) for r in rows] == [0, 1]
+    assert tuple(rows[0])[:len(FIRST_COLUMNS)] == FIRST_COLUMNS
+    assert all(value != "" for value in rows[0].values())  # columns are what the method's updates return
+    # iteration N is the one checkpointed as iter_00000N
+    assert [int(r["iteration"]) for r in rows] == [1, 2]
+    assert find_checkpoint(out).name == "iter_000002"
     assert [int(r["frames"]) for r in rows] == [32, 64]
     assert 0 < float(rows[0]["wall_time_s"]) < float(rows[1]["wall_time_s"])
     for r in rows:
@@ -49,7 +56,9 @@ def test_two_iterations_write_a_valid_metrics_csv(tmp_path, method):
     if method in ("bidir", "t2s"):
         assert float(rows[0]["distill_weight"]) == 3.0 and rows[0]["agreement_rate"] != ""
     if method == "bidir":
-        assert int(rows[0]["teacher_imitation_rows"]) >= 0 and float(rows[0]["teacher_acts"]) == 1.0
+        assert int(rows[0]["teacher_imitation_rows"]) >= 0 and float(rows[0]["teacher_share"]) == 1.0
+    if method == "student":
+        assert "teacher_share" not in rows[0] and "student_approx_kl" in rows[0]
 
 
 @pytest.mark.parametrize("method", ["bidir", "student"])
@@ -59,7 +68,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, method):
     split = tmp_path / "split"
     train(small_config(split, method, "rl_script_args.iterations=2", "rl_script_args.eval_episodes=0"))
     train(small_config(split, method, "rl_script_args.iterations=4", "rl_script_args.eval_episodes=0"))
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if not timing(k)} for r in rows]  # noqa: E731
     assert strip(read_rows(split / "metrics.csv")) == strip(read_rows(whole / "metrics.csv"))
 
 
@@ -85,10 +94,10 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     train(small_config(out, "student", "rl_script_args.iterations=1", "rl_script_args.eval_episodes=0"))
     saved = out / "config.yaml"  # the same run, whose rewards turn NaN from iteration 1 on
     saved.write_text(saved.read_text().replace("reward_scale: 1.0", "reward_scale: .nan"))
-    with pytest.raises(FloatingPointError, match="student_.* is nan at iteration 1"):
+    with pytest.raises(FloatingPointError, match="student_.* is nan at iteration 2"):
         train(small_config(out, "student", "rl_script_args.iterations=3", "rl_script_args.reward_scale=nan"))
     assert sorted(p.name for p in (out / "checkpoints").glob("iter_*[0-9]")) == ["iter_000001"]
-    assert [r["iteration"] for r in read_rows(out / "metrics.csv")] == ["0"]
+    assert [r["iteration"] for r in read_rows(out / "metrics.csv")] == ["1"]
 
 
 def test_a_truncated_checkpoint_is_skipped_for_the_previous_one(tmp_path):
@@ -101,17 +110,7 @@ def test_a_truncated_checkpoint_is_skipped_for_the_previous_one(tmp_path):
     newest.write_bytes(newest.read_bytes()[:100])  # a kill in the middle of a write
     assert find_checkpoint(out).name == "iter_000002"
     train(small_config(out, "bidir", "rl_script_args.iterations=3", "rl_script_args.eval_episodes=0"))
-    assert [r["iteration"] for r in read_rows(out / "metrics.csv")] == ["0", "1", "2"]
-
-
-def test_critique_sentence_in_the_prompt(tmp_path):
-    out = tmp_path / "sentence"
-    train(small_config(out, "bidir", "rl_script_args.critique_in_prompt=true", "rl_script_args.eval_episodes=0"))
-    plain = tmp_path / "plain"
-    train(small_config(plain, "bidir", "rl_script_args.eval_episodes=0"))
-    # the same rollouts up to the first critique; after it, prompts carry sentences and differ
-    with_sentence, without = read_rows(out / "metrics.csv"), read_rows(plain / "metrics.csv")
-    assert len(with_sentence) == 2 and with_sentence[0]["llm_contexts"] != without[0]["llm_contexts"]
+    assert [r["iteration"] for r in read_rows(out / "metrics.csv")] == ["1", "2", "3"]
 
 
 def test_teacher_queried_every_k_steps_reuses_its_message(tmp_path):
@@ -139,23 +138,28 @@ def test_bidir_eval_cli_on_a_run_directory(tmp_path):
     assert missing.returncode == 2 and "not a bidir run directory" in missing.stderr
 
 
-@pytest.mark.parametrize("teacher_acts", [0.0, 1.0])
-def test_who_acts_and_the_behaviour_probability_the_student_learns_from(tmp_path, teacher_acts):
+@pytest.mark.parametrize("teacher_share", [0.0, 1.0])
+def test_who_acts_and_the_behaviour_probability_the_student_learns_from(tmp_path, teacher_share):
     # eps = 1: every action is the teacher's instruction, with behaviour probability 1;
     # eps = 0: the student acts, and its own probability is the behaviour's
-    from bidir.teacher_model import resolve_model_path
-    from bidir.train import Phases, Trainer, start_teacher_llm
-    config = small_config(tmp_path, "bidir", f"rl_script_args.teacher_acts={teacher_acts}")
+    from bidir.methods import get_method
+    from bidir.metrics import Phases
+    from bidir.models import resolve_model_path
+    from bidir.teacher import start_teacher, teacher_rows
+    from bidir.train import Trainer
+    config = small_config(tmp_path, "bidir", f"rl_script_args.teacher_share_start={teacher_share}")
     config.lamorel_args.llm_configs.main_llm.model_path = resolve_model_path("tiny-t5")
-    trainer = Trainer(config, start_teacher_llm(config, None), None)
-    buf, _ = trainer.collect(Phases())
-    assert buf["executed"].all() == bool(teacher_acts) and buf["executed"].any() == bool(teacher_acts)
-    if teacher_acts:
-        assert (buf["action"] == buf["instruction"]).all()
-        assert (buf["logprob"] == 0.0).all()
+    bidir = get_method("bidir")
+    trainer = Trainer(config, bidir, start_teacher(config, bidir))
+    rollout, _ = trainer.collect(Phases())
+    assert rollout.executed.all() == bool(teacher_share) and rollout.executed.any() == bool(teacher_share)
+    if teacher_share:
+        assert (rollout.action == rollout.instruction).all()
+        assert (rollout.logprob == 0.0).all()
     else:
-        assert (buf["logprob"] < 0.0).all()
-    data = trainer.teacher_transitions(buf, np.zeros(2, np.float32), np.ones(buf["done"].shape, np.float32))
+        assert (rollout.logprob < 0.0).all()
+    rows = teacher_rows(rollout, np.zeros(2, np.float32), np.ones(rollout.done.shape, np.float32), imitate=True,
+                        normalize=True, gamma=0.99, lam=0.95)
     # PPO only where the teacher's instruction was executed; imitation only where the student chose
-    assert data["ppo"].all() == bool(teacher_acts) and not (data["imitation"][data["ppo"]] > 0).any()
-    assert (data["imitation"] > 0).all() != bool(teacher_acts)
+    assert rows.ppo.all() == bool(teacher_share) and not (rows.imitation[rows.ppo] > 0).any()
+    assert (rows.imitation > 0).all() != bool(teacher_share)

@@ -1,7 +1,7 @@
-"""Tiny test models that share the offline teacher's word-level tokenizer (bidir.teacher_model.SHAPES)."""
+"""Tiny test models that share the offline teacher's word-level tokenizer (bidir.models.SHAPES)."""
 from pathlib import Path
 
-from bidir.teacher_model import build_model
+from bidir.models import build_model
 
 
 def build_tiny_gpt2(path, seed: int = 0) -> Path:

@@ -1,4 +1,5 @@
-"""The offline teacher LLM: a tiny T5 with a word-level BabyAI tokenizer, and model-path resolution.
+"""The teacher's models: the offline tiny T5 with a word-level BabyAI tokenizer, built-in names and
+shapes, and model-path resolution.
 
 No model hub is reachable on the project's machines, so `tiny-t5` (OFFLINE_TEACHER) is built
 locally from a fixed vocabulary that covers every BabyAI mission, every BabyAI-Text description,
@@ -8,13 +9,10 @@ transformers' Auto classes and Lamorel load it by path like any hub model.
 Other shapes (`SHAPES`: tiny GPT-2 and Qwen2 test models, and the published flan-t5-small/base,
 gpt2, SmolLM-135M and Qwen2-0.5B architectures with random weights) are built the same way, for
 tests and for speed and memory work where no hub is reachable.
-
-CLI: `bidir-teacher build --output DIR [--shape NAME] [--seed N]`, `bidir-teacher build --list`,
-`bidir-teacher pretrain --output DIR ...`.
+Its command line, `bidir-teacher`, is bidir/teacher_cli.py.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -85,16 +83,6 @@ def build_tokenizer():
                                    model_max_length=1024)
 
 
-def tiny_t5_config(vocab_size: int):
-    """T5 of about 200k parameters, shaped like Flan-T5 (gated-GELU feed-forward, tied embeddings)."""
-    from transformers import T5Config
-
-    return T5Config(vocab_size=vocab_size, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
-                    num_heads=4, relative_attention_num_buckets=16, relative_attention_max_distance=64,
-                    dropout_rate=0.0, feed_forward_proj="gated-gelu", tie_word_embeddings=True,
-                    pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-
-
 def _t5(vocab_size, d_model, d_ff, layers, heads, buckets=32, distance=128, tied=False, dropout=0.1):
     from transformers import T5Config
 
@@ -127,7 +115,7 @@ def _llama_like(family, vocab_size, hidden, intermediate, layers, heads, kv_head
 # their real vocabulary size (the embedding and LM head cost what they cost in the real model); the
 # bidir tokenizer's ids all fall inside it. Parameter counts: `bidir-teacher build --list`.
 SHAPES = {
-    OFFLINE_TEACHER: ("seq2seq", lambda v: tiny_t5_config(v)),
+    OFFLINE_TEACHER: ("seq2seq", lambda v: _t5(v, 64, 128, 2, 4, buckets=16, distance=64, tied=True, dropout=0.0)),
     "tiny-gpt2": ("causal", lambda v: _gpt2(v, 32, 2, 4, positions=256, dropout=0.0)),
     "tiny-qwen2": ("causal", lambda v: _llama_like("qwen2", v, 32, 64, 2, 4, 2, 256, 10000.0, 1e-6)),
     "flan-t5-small": ("seq2seq", lambda v: _t5(32128, 512, 1024, 8, 6)),          # google/flan-t5-small, 77M
@@ -183,11 +171,6 @@ def build_model(path, shape: str = OFFLINE_TEACHER, seed: int = 0) -> Path:
     logger.info("built %s (%s, %d parameters) in %s", shape, model_type,
                 sum(p.numel() for p in model.parameters()), path)
     return path
-
-
-def build_tiny_t5(path, seed: int = 0) -> Path:
-    """Build the offline teacher (random T5 + word-level tokenizer) into `path`; same seed, same weights."""
-    return build_model(path, OFFLINE_TEACHER, seed)
 
 
 def model_type_of(path) -> str:
@@ -304,47 +287,3 @@ def _resolve_hub_id(repo_id: str, timeout_s: float = 5.0) -> str:
         raise ValueError(f"cannot reach the model hub for {repo_id!r} ({err}); "
                          f"use the offline teacher: {OFFLINE_HINT}") from err
     return repo_id
-
-
-def _cmd_build(args) -> None:
-    if args.list:
-        for shape, (model_type, _) in SHAPES.items():
-            print(f"{shape:14s} {model_type:8s} {shape_parameters(shape) / 1e6:8.2f}M parameters")
-        return
-    if not args.output:
-        raise SystemExit("bidir-teacher build: error: --output is required (or --list)")
-    print(build_model(args.output, args.shape, seed=args.seed))
-
-
-def _add_build(subparsers) -> None:
-    p = subparsers.add_parser("build", help="build a randomly initialised teacher of a given shape into a directory")
-    p.add_argument("--output", help="directory to write model and tokenizer into")
-    p.add_argument("--shape", default=OFFLINE_TEACHER, choices=list(SHAPES),
-                   help=f"architecture (default {OFFLINE_TEACHER}, the offline teacher)")
-    p.add_argument("--list", action="store_true", help="list the shapes with their parameter counts")
-    p.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
-    p.set_defaults(func=_cmd_build)
-
-
-def _add_pretrain(subparsers) -> None:
-    from bidir.pretrain import add_pretrain_command
-    add_pretrain_command(subparsers)
-
-
-# One entry per subcommand: a function that registers its parser and sets `func`.
-SUBCOMMANDS = [_add_build, _add_pretrain]
-
-
-def main(argv=None) -> None:
-    """`bidir-teacher` command line."""
-    parser = argparse.ArgumentParser(prog="bidir-teacher", description=__doc__.split("\n")[0])
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in SUBCOMMANDS:
-        add(subparsers)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    args.func(args)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,90 @@
+"""What a run records per iteration: `metrics.csv` (one row per iteration) and W&B, under the same
+names, and the wall time of each phase of an iteration."""
+from __future__ import annotations
+
+import csv
+import time
+import uuid
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+FIRST_COLUMNS = ("iteration", "frames", "success_rate", "return_mean", "episode_length_mean", "episodes",
+                 "wall_time_s")
+"""The columns every run has, first; the others are what the updates of the run's method return."""
+
+
+class Phases:
+    """Wall time per phase of an iteration: `with phases("env"): ...`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._name = None
+
+    def __call__(self, name):
+        self._name = name
+        return self
+
+    def __enter__(self):
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.seconds[self._name] = self.seconds.get(self._name, 0.0) + time.perf_counter() - self._start
+
+
+class MetricsLog:
+    """metrics.csv and the W&B run. Columns are those of the first row written (FIRST_COLUMNS,
+    then the rest in the order the row has them); a resumed run keeps its file's columns and
+    drops the rows past its checkpoint."""
+
+    def __init__(self, config, iteration: int, wandb_id: str | None):
+        self.path = Path(config.rl_script_args.output_dir) / "metrics.csv"
+        self.columns, rows = None, []
+        if self.path.exists() and iteration > 0:
+            with self.path.open() as f:
+                reader = csv.DictReader(f)
+                self.columns = reader.fieldnames
+                rows = [r for r in reader if int(r["iteration"]) <= iteration]
+        with self.path.open("w", newline="") as f:
+            if self.columns:
+                writer = csv.DictWriter(f, self.columns)
+                writer.writeheader()
+                writer.writerows(rows)
+        self.wandb_id = wandb_id or uuid.uuid4().hex[:12]  # kept in checkpoints: a resumed run continues it
+        self.wandb = None
+        if config.wandb.mode != "disabled":
+            import wandb
+
+            args = config.rl_script_args
+            self.wandb = wandb.init(
+                project=config.wandb.project, entity=config.wandb.entity, group=config.wandb.group,
+                name=Path(args.output_dir).name, tags=[args.method, f"seed{args.seed}"], mode=config.wandb.mode,
+                id=self.wandb_id, resume="allow", dir=str(args.output_dir),
+                config=OmegaConf.to_container(config, resolve=True), settings=wandb.Settings(silent=True))
+
+    def write(self, row: dict):
+        """Appends one iteration's row and sends it to W&B under the same keys. A key the file has
+        no column for is an error, not a silent loss."""
+        new = self.columns is None
+        if new:
+            self.columns = [*FIRST_COLUMNS, *(key for key in row if key not in FIRST_COLUMNS)]
+        unknown = [key for key in row if key not in self.columns]
+        if unknown:
+            raise ValueError(f"metrics {unknown} have no column in {self.path} (columns: {self.columns})")
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, self.columns, restval="")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if self.wandb:
+            self.wandb.log({k: v for k, v in row.items() if v == v}, step=row["frames"])
+
+    def summarize(self, results: dict):
+        """Puts the held-out evaluation in the W&B run's summary, under `eval` (mode -> figures)."""
+        if self.wandb:
+            self.wandb.summary["eval"] = results
+
+    def close(self):
+        """Finishes the W&B run."""
+        if self.wandb:
+            self.wandb.finish()
