@@ -6,7 +6,6 @@ The reference for every score and value is a direct transformers (+ peft) comput
 on a model rebuilt from the saved checkpoint: after a PPO step the adapter is non-zero, so a LoRA
 path that dropped or misplaced the adapter would disagree.
 """
-import csv
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from bidir.train import train
 from bidir.models import SHAPES, build_model, check_llm_config, shape_parameters
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import TIMING_COLUMNS, read_rows, small_config  # noqa: E402
+from test_train import read_rows, small_config, timing  # noqa: E402
 
 try:
     import peft
@@ -193,7 +192,7 @@ def test_resumed_lora_run_equals_uninterrupted_run(tmp_path, shape):
     train(small_config(whole, "bidir", *overrides, "rl_script_args.iterations=4"))
     train(small_config(split, "bidir", *overrides, "rl_script_args.iterations=2"))
     train(small_config(split, "bidir", *overrides, "rl_script_args.iterations=4"))
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if not timing(k)} for r in rows]  # noqa: E731
     assert strip(read_rows(split / "metrics.csv")) == strip(read_rows(whole / "metrics.csv"))
     saved = torch.load(split / "checkpoints" / "iter_000004" / "teacher.pt", weights_only=True)["model"]
     assert saved and all("lora_" in k or k.startswith("_module_functions.") for k in saved)
