@@ -32,7 +32,8 @@ import torch
 from omegaconf import OmegaConf
 
 from bidir.llm import LocalCaller, make_caller
-from bidir.teacher import build_prompt, teacher_module_functions
+from bidir.prompts import build_prompt
+from bidir.teacher_llm import teacher_module_functions
 from bidir.models import resolve_model_path
 
 REPO = Path(__file__).resolve().parents[1]
