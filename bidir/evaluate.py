@@ -89,6 +89,23 @@ def evaluate_all(method_name: str, args, student, teacher, episodes: int, seed: 
     return results
 
 
+def agents_row(method_name: str, args, student, teacher, episodes: int) -> dict:
+    """During training: each agent's held-out return and success rate, `eval_<mode>_return` and
+    `eval_<mode>_success` per mode of the method, on the first `episodes` held-out episodes. The
+    run is left as it was (the teacher's memo and LLM counter restored), so training proceeds as
+    it would without them."""
+    contexts = teacher.llm_contexts if teacher else 0
+    row = {}
+    for mode in modes_for(method_name):
+        result = evaluate(mode, args.env_id, list(args.instructions), episodes, 0, student, teacher,
+                          args.prompt_history, args.device, args.teacher_every)
+        row.update({f"eval_{mode}_return": result["return_mean"], f"eval_{mode}_success": result["success_rate"]})
+    if teacher:
+        teacher.forget()
+        teacher.llm_contexts = contexts
+    return row
+
+
 def format_table(results: dict) -> str:
     """A fixed-width table of evaluation results, one row per mode."""
     lines = [f"{'mode':<22}{'success':>9}{'return':>9}{'length':>9}{'episodes':>10}"]

@@ -22,21 +22,45 @@ def _floats(rows: list[dict], key: str) -> list[float]:
     return [float(r[key]) if r.get(key) not in ("", None) else float("nan") for r in rows]
 
 
-def plot_learning_curve(rows: list[dict], path: Path, title: str, window: int = 5) -> Path:
-    """Mean return and success rate against frames: each iteration's value (dots) and the
-    episode-weighted mean over `window` iterations (line), since few episodes end per iteration."""
+AGENT_CURVES = {"eval_teacher_alone_return": ("teacher alone", "tab:red"),
+                "eval_student_alone_return": ("student alone", "tab:purple"),
+                "eval_student_with_teacher_return": ("student with teacher", "tab:orange")}
+"""The held-out curves of each agent (rl_script_args.eval_every), as labelled in the plots."""
+
+
+def plot_learning_curve(rows: list[dict], path: Path, title: str, window: int = 5, start: dict | None = None) -> Path:
+    """Training return and success rate against frames (each iteration's value as dots, the
+    episode-weighted mean over `window` iterations as a line: few episodes end per iteration), and,
+    where the run evaluated them, each agent's own held-out return with the teacher's share of
+    acting (`start`: the teacher alone before training, drawn at frame 0)."""
     frames, episodes = np.array(_floats(rows, "frames")), np.array(_floats(rows, "episodes"))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    agents = [key for key in AGENT_CURVES if rows and key in rows[0]]
+    fig, axes = plt.subplots(1, 3 if agents else 2, figsize=(15 if agents else 10, 3.6))
     for ax, key, label, color in zip(axes, ("return_mean", "success_rate"), ("mean return", "success rate"),
                                      ("tab:blue", "tab:green")):
         values = np.array(_floats(rows, key))
         ax.plot(frames, values, ".", color=color, alpha=0.35, label="per iteration")
         ax.plot(frames, smooth(values, episodes, window), color=color, label=f"mean over {window} iterations")
+        ax.set_ylabel(f"{label} in training (whoever acted)")
+    axes[0].legend(loc="lower right", fontsize=8)
+    if agents:
+        ax = axes[2]
+        for key in agents:
+            label, color = AGENT_CURVES[key]
+            values = np.array(_floats(rows, key))
+            seen = ~np.isnan(values)
+            x, y = frames[seen], values[seen]
+            if start and key == "eval_teacher_alone_return":
+                x, y = np.insert(x, 0, 0.0), np.insert(y, 0, start["return_mean"])
+            ax.plot(x, y, "o-", color=color, markersize=3, label=label)
+        if rows and "teacher_share" in rows[0]:
+            ax.plot(frames, _floats(rows, "teacher_share"), "--", color="grey", label="teacher's share of acting")
+        ax.set_ylabel("held-out return of each agent")
+        ax.legend(loc="lower right", fontsize=8)
+    for ax in axes:
         ax.set_xlabel("frames")
-        ax.set_ylabel(label)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -67,7 +91,10 @@ def finish_run(config, trainer, latest_checkpoint) -> dict:
     args = config.rl_script_args
     out = Path(args.output_dir)
     rows = _read_rows(out / "metrics.csv")
-    plot = plot_learning_curve(rows, out / "learning_curve.png", f"{args.method} on {args.env_id} (seed {args.seed})")
+    start = json.loads((out / START_EVAL).read_text())["results"]["teacher_at_start"] if (out / START_EVAL).exists() \
+        else None
+    plot = plot_learning_curve(rows, out / "learning_curve.png", f"{args.method} on {args.env_id} (seed {args.seed})",
+                               start=start)
     results = {}
     if args.eval_episodes > 0:
         if trainer.student:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from bidir import checkpoint
 from bidir.checks import UsageError, check_config, check_override_keys, quiet_libraries, usage
 from bidir.envs import TextVecEnv
+from bidir.evaluate import agents_row
 from bidir.methods import Method, get_method
 from bidir.metrics import MetricsLog, Phases
 from bidir.ppo import anneal, gae
@@ -208,8 +209,13 @@ def run_iterations(trainer: Trainer, metrics: MetricsLog, stop: StopSignals, out
             started, phases = time.perf_counter(), Phases()
             rollout, episodes = trainer.collect(phases)
             row = trainer.update(rollout, phases)
-            trainer.wall_time += time.perf_counter() - started
             trainer.iteration += 1
+            if args.eval_every and (trainer.iteration in (1, args.iterations)
+                                    or trainer.iteration % args.eval_every == 0):
+                with phases("held_out_eval"):
+                    row.update(agents_row(args.method, args, trainer.student, trainer.teacher,
+                                          args.eval_every_episodes))
+            trainer.wall_time += time.perf_counter() - started
             row.update(summarize_episodes(episodes), iteration=trainer.iteration, frames=trainer.frames,
                        wall_time_s=round(trainer.wall_time, 3),
                        fps=round(trainer.steps * args.n_envs / (time.perf_counter() - started), 1),

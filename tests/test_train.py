@@ -23,7 +23,7 @@ def small_config(output_dir, method, *overrides):
         return compose("config", overrides=[
             f"rl_script_args.method={method}", f"rl_script_args.output_dir={output_dir}",
             "rl_script_args.iterations=2", "rl_script_args.n_envs=2", "rl_script_args.steps_per_iteration=32",
-            "rl_script_args.eval_episodes=3", "rl_script_args.teacher_minibatch_size=16",
+            "rl_script_args.eval_episodes=3", "rl_script_args.eval_every=0", "rl_script_args.teacher_minibatch_size=16",
             "lamorel_args.llm_configs.main_llm.model_path=tiny-t5", "wandb.mode=disabled", *overrides])
 
 
@@ -163,3 +163,20 @@ def test_who_acts_and_the_behaviour_probability_the_student_learns_from(tmp_path
     # PPO only where the teacher's instruction was executed; imitation only where the student chose
     assert rows.ppo.all() == bool(teacher_share) and not (rows.imitation[rows.ppo] > 0).any()
     assert (rows.imitation > 0).all() != bool(teacher_share)
+
+
+def test_each_agents_held_out_curve_is_measured_without_changing_training(tmp_path):
+    plain, measured = tmp_path / "plain", tmp_path / "measured"
+    train(small_config(plain, "bidir", "rl_script_args.iterations=5", "rl_script_args.eval_episodes=0"))
+    train(small_config(measured, "bidir", "rl_script_args.iterations=5", "rl_script_args.eval_episodes=0",
+                       "rl_script_args.eval_every=2", "rl_script_args.eval_every_episodes=2"))
+    rows = read_rows(measured / "metrics.csv")
+    # at the first and last iteration and every eval_every in between
+    assert [r["iteration"] for r in rows if r["eval_teacher_alone_return"] != ""] == ["1", "2", "4", "5"]
+    for r in rows:
+        if r["eval_student_alone_success"] != "":
+            assert 0.0 <= float(r["eval_student_alone_success"]) <= 1.0
+            assert r["eval_student_with_teacher_return"] != "" and float(r["time_held_out_eval"]) > 0
+    strip = lambda rows: [{k: v for k, v in r.items() if not timing(k) and not k.startswith("eval_")}  # noqa: E731
+                          for r in rows]
+    assert strip(rows) == strip(read_rows(plain / "metrics.csv"))
