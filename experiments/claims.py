@@ -1,4 +1,4 @@
-"""The study's claims as paired differences over seeds (issue 7's "done when"):
+"""The study's claims as paired differences over seeds:
 
     python experiments/claims.py "runs/offline-short/*/seed*" [--out experiments/results/offline-short/claims.md]
 
