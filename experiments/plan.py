@@ -94,11 +94,12 @@ def merge_overrides(*groups: list[str]) -> list[str]:
 @dataclass(frozen=True)
 class Rendezvous:
     """One process of a multi-node run: torchrun joins `nnodes` such processes (one per
-    SLURM task) at `endpoint` (host:port of the first node) under the id `rdzv_id`."""
+    SLURM task) at `endpoint` (host:port of the first node) under the id `rdzv_id` (an integer:
+    it is also Lamorel's multinode_args.experiment_id)."""
 
     nnodes: int
     endpoint: str
-    rdzv_id: str
+    rdzv_id: int
 
 
 def command(
@@ -201,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nnodes", type=int,
                         help="multi-node run (lamorel launcher only): processes that join, one per task")
     parser.add_argument("--rdzv-endpoint", help="with --nnodes: host:port of the first node")
-    parser.add_argument("--rdzv-id", default="bidir", help="with --nnodes: rendezvous id")
+    parser.add_argument("--rdzv-id", type=int, default=0,
+                        help="with --nnodes: rendezvous id, an integer unique per job and restart")
     parser.add_argument("--exec", action="store_true",
                         help="with --task-id or --method: become the command (for sbatch scripts)")
     parser.add_argument("overrides", nargs="*", help="hydra overrides for every command")

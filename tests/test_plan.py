@@ -120,13 +120,14 @@ def test_multinode_command_is_torchrun_with_the_rendezvous():
     # One process of a multi-node run: what lamorel_launcher's multinode mode means to start
     # (its own call loses the rendezvous arguments, see plan.command).
     out = run_plan("--method", "bidir", "--launcher", "multi_node", "--python", "python",
-                   "--nnodes", 3, "--rdzv-endpoint", "node1:25007", "--rdzv-id", "7-0").stdout.split()
+                   "--nnodes", 3, "--rdzv-endpoint", "node1:25007", "--rdzv-id", 7001).stdout.split()
     assert out[:9] == ["python", "-m", "torch.distributed.run", "--nnodes=3", "--nproc_per_node=1",
-                       "--rdzv-backend=c10d", "--rdzv-endpoint=node1:25007", "--rdzv-id=7-0",
+                       "--rdzv-backend=c10d", "--rdzv-endpoint=node1:25007", "--rdzv-id=7001",
                        f"{REPO}/bidir/train.py"]
     assert out[-2:] == [f"--config-path={REPO}/lamorel_configs", "--config-name=multi_node"]
     assert "lamorel_args.distributed_setup_args.multinode_args.main_process_ip=node1" in out
     assert "lamorel_args.distributed_setup_args.multinode_args.main_process_port=25007" in out
+    assert "lamorel_args.distributed_setup_args.multinode_args.experiment_id=7001" in out  # an integer
 
 
 def test_variants_and_two_jobs_at_a_time(tmp_path):

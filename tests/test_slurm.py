@@ -194,3 +194,57 @@ def test_finished_run_submitted_again_changes_nothing(jobs):
                     EXPERIMENT="ci", SETTING="offline", METHOD="student", ITERATIONS=3, SEED=2)
     wait_done(job_id, 120, log)
     assert (job["output_dir"] / "metrics.csv").read_bytes() == before
+
+
+# slurm/train_multinode.sbatch on CPU: each of 2 tasks (the cluster's 2 CPUs) is one process of
+# Lamorel's multinode setup, the RL process or the LLM server (--gpus-per-task=0: on the CPU).
+MULTINODE_RUN = [*SMALL_RUN, "rl_script_args.steps_per_iteration=32",
+                 "lamorel_args.llm_configs.main_llm.model_path=tiny-t5"]
+MULTINODE_CPU = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-task=0"]
+
+
+@pytest.fixture(scope="module")
+def multinode_jobs(tmp_path_factory):
+    """Both multinode jobs at once, the preempted one first."""
+    pytest.importorskip("lamorel", reason="Lamorel v0.3 is not installed (pip install -e '.[lamorel]')")
+    root = tmp_path_factory.mktemp("slurm-multinode")
+    submitted = {}
+    for name, spec in [("preempted", dict(ITERATIONS=40, SEED=1)), ("complete", dict(ITERATIONS=2, SEED=2))]:
+        log = root / f"{name}.out"
+        job_id = submit("train_multinode.sbatch", log, MULTINODE_RUN, MULTINODE_CPU,
+                        OUTPUT_ROOT=root, EXPERIMENT="ci", SETTING="offline", METHOD="bidir", **spec)
+        submitted[name] = dict(spec, job_id=job_id, log=log,
+                               output_dir=root / "ci" / "bidir" / f"seed{spec['SEED']}")
+    yield submitted
+    for job in submitted.values():
+        subprocess.run(["scancel", job["job_id"]], capture_output=True)
+
+
+def test_preempted_multinode_run_requeues_and_resumes(multinode_jobs):
+    job = multinode_jobs["preempted"]
+    job_id, log, output_dir = job["job_id"], job["log"], job["output_dir"]
+    wait_for(lambda: len(metrics(output_dir)) >= 2, 300, "two iterations logged", log)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
+
+    wait_for(lambda: int(job_info(job_id).get("Restarts", 0)) >= 1, 120,
+             f"job {job_id} to be requeued", log)
+    stopped_at = len(metrics(output_dir))
+    assert stopped_at < job["ITERATIONS"], "the run finished before the signal; make it longer"
+    wait_done(job_id, 400, log)
+
+    assert_every_iteration_once(metrics(output_dir), job["ITERATIONS"])
+    text = log.read_text()
+    assert "requeueing job" in text and "restart 1" in text
+    # the rerun joins a fresh rendezvous
+    assert f"--rdzv-id={int(job_id) * 1000 + 1} " in text
+
+
+def test_multinode_run_on_cpu_completes(multinode_jobs):
+    job = multinode_jobs["complete"]
+    info = wait_done(job["job_id"], 400, job["log"])
+    assert info.get("Restarts", "0") == "0"
+    assert_every_iteration_once(metrics(job["output_dir"]), job["ITERATIONS"])
+    text = job["log"].read_text()
+    # the LLM server on the CPU, and an integer rendezvous id (Lamorel's experiment_id)
+    assert "main_llm.devices_per_process=[cpu]" in text
+    assert f"--rdzv-id={int(job['job_id']) * 1000} " in text
