@@ -104,22 +104,23 @@ def check_grid(grid, path: Path):
             fail(f"{key} must be a non-empty {'mapping' if kind is dict else kind.__name__}, got {grid[key]!r}")
     variants = grid.get("variants") or {}
     for name, variant in variants.items():
-        if not isinstance(variant, dict) or set(variant) - {"method", "overrides"} or variant.get("method") not in METHODS:
+        method = variant.get("method") if isinstance(variant, dict) else None
+        if not isinstance(method, str) or method not in METHODS or set(variant) - {"method", "overrides"}:
             fail(f"variant {name!r} must be {{method: one of {', '.join(METHODS)}, overrides: [key=value, ...]}}, "
                  f"got {variant!r}")
         check_overrides(variant.get("overrides") or [], f"variant {name!r}: overrides", fail)
     for method in grid["methods"]:
-        if method not in METHODS and method not in variants:
+        if not isinstance(method, str) or method not in METHODS and method not in variants:
             fail(f"methods: unknown method {method!r}; use one of {', '.join(METHODS)} or define it under variants")
-    if any(not isinstance(seed, int) or isinstance(seed, bool) for seed in grid["seeds"]):
+    if any(type(seed) is not int for seed in grid["seeds"]):  # nor bool
         fail(f"seeds must be integers, got {grid['seeds']!r}")
     for key in ("methods", "seeds"):
         twice = sorted({str(v) for v in grid[key] if grid[key].count(v) > 1})
         if twice:
             fail(f"{key} lists {', '.join(twice)} more than once (its runs would share an output directory)")
     for budget, iterations in grid["budgets"].items():
-        if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
-            fail(f"budgets: {budget} must be a positive number of iterations, got {iterations!r}")
+        if not (isinstance(budget, str) and type(iterations) is int and iterations >= 1):  # bool is no int here
+            fail(f"budgets: {budget!r} must be a name for a positive number of iterations, got {iterations!r}")
     if grid["setting"] not in SETTINGS:
         fail(f"setting must be one of {', '.join(SETTINGS)}, got {grid['setting']!r}")
     if grid["launcher"] not in LAUNCHERS:

@@ -166,12 +166,14 @@ BAD_INPUT = {
     "unknown method": (dict(methods=["bidr"]), [],
                        "{tmp}/grid.yaml: methods: unknown method 'bidr'; use one of bidir, t2s, glam, student or "
                        "define it under variants"),
+    "method not a name": (dict(methods=[["bidir"]]), [], "{tmp}/grid.yaml: methods: unknown method ['bidir']"),
     "bad variant": (dict(methods=["v"], variants={"v": {"method": "bidir", "override": ["a=1"]}}), [],
                     "{tmp}/grid.yaml: variant 'v' must be {method: one of bidir, t2s, glam, student, overrides:"),
     "seed not an integer": (dict(seeds=[1, "2"]), [], "{tmp}/grid.yaml: seeds must be integers, got [1, '2']"),
     "seed twice": (dict(seeds=[1, 2, 1]), [], "{tmp}/grid.yaml: seeds lists 1 more than once"),
     "budget not positive": (dict(budgets={"short": 0}), [],
-                            "{tmp}/grid.yaml: budgets: short must be a positive number of iterations, got 0"),
+                            "{tmp}/grid.yaml: budgets: 'short' must be a name for a positive number of "
+                            "iterations, got 0"),
     "unknown setting": (dict(setting="offlin"), [],
                         "{tmp}/grid.yaml: setting must be one of offline, paper, got 'offlin'"),
     "unknown launcher": (dict(launcher="slurm"), [], "{tmp}/grid.yaml: launcher must be one of python, local_cpu"),
