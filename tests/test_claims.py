@@ -54,7 +54,6 @@ def test_claims_table_pairs_by_seed_and_skips_missing_groups():
     assert groups == {"bidir", "glam"}  # comparisons with student, t2s or the variants are skipped
 
 
-
 CLAIMS = Path(__file__).resolve().parent.parent / "experiments" / "claims.py"
 
 

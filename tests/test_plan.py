@@ -198,8 +198,8 @@ def test_bad_input_exits_2_with_one_line_and_runs_nothing(tmp_path, case):
     if isinstance(grid, str):
         grid_file.write_text(grid)
     elif grid is not None:
-        grid_file.write_text(yaml.safe_dump(plan_grid(**{"output_root": str(tmp_path / "runs"), **grid}),
-                                             sort_keys=False))
+        grid = plan_grid(**{"output_root": str(tmp_path / "runs"), **grid})
+        grid_file.write_text(yaml.safe_dump(grid, sort_keys=False))
     fake = tmp_path / "python"  # a stand-in trainer that leaves a trace if anything runs
     fake.write_text(f"#!/bin/sh\ntouch {tmp_path / 'ran'}\n")
     fake.chmod(0o755)
