@@ -7,7 +7,8 @@ Per method, over seeds: mean ± 95% CI (Student's t) of the final mean return an
 (the mean of each run's last `--last` iterations), of the held-out evaluation (eval.json), and
 the frames each run needed to reach a mean return of 0.8 and a success rate of 0.9 (curves
 smoothed over `--smooth` iterations).
-Writes results.md, results.json and comparison.png (mean ± CI against frames).
+Writes results.md, results.json and comparison.png (mean ± CI against frames; no interval for a
+method with one run, and a method whose runs are no longer than the window drawn unsmoothed).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import csv
 import glob
 import json
 import math
+import os
 import re
 import sys
 from collections import defaultdict
@@ -26,7 +28,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from bidir.checks import positive_int  # noqa: E402
 
@@ -91,28 +95,60 @@ def frames_to_return(frames: np.ndarray, returns: np.ndarray, episodes: np.ndarr
     return frames_to(frames, smooth(returns, episodes, window), threshold)
 
 
+def _bad_file(path: Path, why) -> ValueError:
+    """The one-line error for a run file that cannot be used (YAML and JSON errors span lines)."""
+    return ValueError(" ".join(f"{path}: {why}; fix or delete it, or leave its run out of the patterns".split()))
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """metrics.csv's rows, each with the columns compare uses as floats (NaN where empty)."""
+    columns = ("frames", "return_mean", "success_rate", "episodes", "wall_time_s")
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise _bad_file(path, f"cannot be read ({error})") from None
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise _bad_file(path, f"has no column {', '.join(missing)}")
+    values = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            values.append({c: float(row[c]) if row[c] != "" else np.nan for c in columns})
+        except (TypeError, ValueError):  # a short row (None) or a non-number
+            raise _bad_file(path, f"line {line} is not numeric in {', '.join(columns)}") from None
+    return values
+
+
 def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
-    """Run directories (those with config.yaml and metrics.csv) grouped by method or variant."""
+    """Run directories (those with config.yaml and metrics.csv) grouped by method or variant; a
+    file that cannot be read or parsed is a ValueError naming it (runs without rows are skipped)."""
     runs = defaultdict(list)
     paths = sorted({Path(p) for pattern in patterns for p in (glob.glob(pattern) or [pattern])})
     for path in paths:
         if not (path / "metrics.csv").exists() or not (path / "config.yaml").exists():
             continue
-        config = OmegaConf.load(path / "config.yaml")
-        with open(path / "metrics.csv") as f:
-            rows = list(csv.DictReader(f))
+        try:
+            config = OmegaConf.load(path / "config.yaml")
+            method, seed = str(config.rl_script_args.method), int(config.rl_script_args.seed)
+        except (OSError, ValueError, TypeError, yaml.YAMLError, OmegaConfBaseException) as error:
+            raise _bad_file(path / "config.yaml", f"is not a run's configuration ({error})") from None
+        rows = _read_metrics(path / "metrics.csv")
         if not rows:
             continue
-        column = lambda key: np.array([float(r[key]) if r[key] != "" else np.nan for r in rows])  # noqa: E731
+        column = lambda key: np.array([r[key] for r in rows])  # noqa: E731
         evaluation = {}
         for name in ("eval_start.json", "eval.json"):  # the teacher before training, then the final figures
             if (path / name).exists():
-                evaluation.update(json.loads((path / name).read_text())["results"])
-        runs[group_name(path, config.rl_script_args.method)].append({
-            "path": str(path), "seed": config.rl_script_args.seed, "frames": column("frames"),
+                try:
+                    evaluation.update(json.loads((path / name).read_text())["results"])
+                except (OSError, ValueError, KeyError, TypeError) as error:
+                    raise _bad_file(path / name, f"is not an evaluation ({error!r})") from None
+        runs[group_name(path, method)].append({
+            "path": str(path), "seed": seed, "frames": column("frames"),
             "return": column("return_mean"), "success": column("success_rate"), "episodes": column("episodes"),
-            "eval": evaluation,
-            "wall_time_s": float(rows[-1]["wall_time_s"])})
+            "eval": evaluation, "wall_time_s": rows[-1]["wall_time_s"]})
     if not runs:
         raise ValueError(f"no run directories (with config.yaml and metrics.csv) in {' '.join(patterns)}")
     return dict(runs)
@@ -183,9 +219,9 @@ def markdown(table: dict) -> str:
 
 
 def budget_warnings(runs: dict[str, list[dict]], window: int) -> list[str]:
-    """What makes the comparison unfair or the plot incomplete: runs of different lengths (their
-    final figures and frames-to-threshold measure different budgets) and runs shorter than the
-    smoothing window (no smoothed curve, so `plot` leaves them out)."""
+    """What makes the comparison unfair or the plot uneven: runs of different lengths (their
+    final figures and frames-to-threshold measure different budgets) and runs no longer than the
+    smoothing window (at most one smoothed point, so `plot` draws them unsmoothed)."""
     lengths = {method: sorted({len(r["frames"]) for r in group}) for method, group in runs.items()}
     warnings = []
     if len({n for ns in lengths.values() for n in ns}) > 1:
@@ -193,28 +229,38 @@ def budget_warnings(runs: dict[str, list[dict]], window: int) -> list[str]:
             f"{method}: {'/'.join(map(str, ns))} iterations" for method, ns in lengths.items())
             + "): final figures and frames to thresholds compare different budgets")
     for method, ns in lengths.items():
-        if ns[0] < window:
-            warnings.append(f"{method}: a run of {ns[0]} iterations is shorter than the smoothing window "
-                            f"({window}); {method} is left out of the plot (lower --smooth)")
+        if ns[0] <= window:
+            warnings.append(f"{method}: a run of {ns[0]} iterations is no longer than the smoothing window "
+                            f"({window}); {method}'s curve is drawn unsmoothed (lower --smooth)")
     return warnings
 
 
-def plot(runs: dict[str, list[dict]], path: Path, window: int = 5, title: str = "") -> Path:
-    """Mean ± 95% CI of the smoothed return and success curves per method, against frames (methods
-    whose shortest run is shorter than `window` have no curve and are left out)."""
+def default_title(runs: dict[str, list[dict]]) -> str:
+    """What the plot's bands are: a 95% CI needs at least two runs of a method."""
+    sizes = {len(group) for group in runs.values()}
+    if sizes == {1}:
+        return "one run per method (no CI)"
+    return "mean ± 95% CI over seeds" + (" (no CI where n=1)" if 1 in sizes else "")
+
+
+def curves_figure(runs: dict[str, list[dict]], window: int = 5, title: str = ""):
+    """Mean ± 95% CI of the smoothed return and success curves per method, against frames; a method
+    whose shortest run is no longer than `window` is drawn unsmoothed, with a marker per iteration."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for method in sorted(runs, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
         group = runs[method]
         length = min(len(r["frames"]) for r in group)
-        if length < window:
-            continue
+        unsmoothed = length <= window  # smoothing would leave at most one point
+        notes = [f"n={len(group)}"] + ["no CI"] * (len(group) == 1) + ["unsmoothed"] * unsmoothed
+        label = f"{method} ({', '.join(notes)})"
         frames = group[0]["frames"][:length]
         for ax, key in zip(axes, ("return", "success")):
-            curves = np.stack([smooth(r[key][:length], r["episodes"][:length], window) for r in group])
+            curves = np.stack([smooth(r[key][:length], r["episodes"][:length], 1 if unsmoothed else window)
+                               for r in group])
             stats = [mean_ci(curves[:, i]) for i in range(length)]
             mean = np.array([s[0] for s in stats])
             ci = np.array([s[1] for s in stats])
-            ax.plot(frames, mean, label=f"{method} (n={len(group)})")
+            ax.plot(frames, mean, marker="o" if unsmoothed else None, label=label)
             ax.fill_between(frames, mean - ci, mean + ci, alpha=0.2)
     for ax, label in zip(axes, ("mean return", "success rate")):
         ax.set_xlabel("frames")
@@ -222,8 +268,14 @@ def plot(runs: dict[str, list[dict]], path: Path, window: int = 5, title: str = 
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle(title or "mean ± 95% CI over seeds")
+    fig.suptitle(title or default_title(runs))
     fig.tight_layout()
+    return fig
+
+
+def plot(runs: dict[str, list[dict]], path: Path, window: int = 5, title: str = "") -> Path:
+    """`curves_figure` saved to `path`."""
+    fig = curves_figure(runs, window, title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -234,14 +286,25 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="bidir-compare", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", help="run directories or glob patterns (quote them)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead (online)")
-    parser.add_argument("--group", help="with --wandb: only this group (experiment)")
-    parser.add_argument("--out", type=Path, default=Path("comparison"), help="where to write the table and plot")
-    parser.add_argument("--last", type=positive_int, default=5, help="iterations averaged for the final figures")
-    parser.add_argument("--smooth", type=positive_int, default=5, help="iterations in the smoothing window")
-    parser.add_argument("--title", default="", help="plot title")
+    parser.add_argument("--group", help="with --wandb: only this group (experiment) (default: every group)")
+    parser.add_argument("--out", type=Path, default=Path("comparison"),
+                        help="where to write the table and plot (default: %(default)s)")
+    parser.add_argument("--last", type=positive_int, default=5,
+                        help="iterations averaged for the final figures (default: %(default)s)")
+    parser.add_argument("--smooth", type=positive_int, default=5,
+                        help="iterations in the smoothing window (default: %(default)s)")
+    parser.add_argument("--title", default="",
+                        help="plot title (default: what the bands are, e.g. 'mean ± 95%% CI over seeds')")
     options = parser.parse_args(argv)
     if bool(options.runs) == bool(options.wandb):
         parser.error("give run directories or --wandb ENTITY/PROJECT (one of the two)")
+    if options.group and not options.wandb:
+        parser.error("--group selects W&B runs: use it with --wandb ENTITY/PROJECT")
+    existing = options.out.absolute()  # the directory --out is, or will be made in
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        parser.error(f"--out {options.out}: {existing} is not a writable directory; choose another --out")
     try:
         runs = load_wandb_runs(options.wandb, options.group) if options.wandb else load_runs(options.runs)
     except ValueError as error:

@@ -119,7 +119,19 @@ def main(argv=None):
     parser.add_argument("runs", nargs="+", help="run directories or glob patterns (quote them)")
     parser.add_argument("--out", type=Path, help="also write the table here")
     options = parser.parse_args(argv)
-    table = claims_table(load_runs(options.runs))
+    if options.out:
+        existing = options.out.absolute().parent  # the directory the table goes to, or one it will be made in
+        while not existing.exists():
+            existing = existing.parent
+        if options.out.is_dir() or not existing.is_dir():
+            parser.error(f"--out {options.out}: {options.out if options.out.is_dir() else existing} is "
+                         f"{'a directory' if options.out.is_dir() else 'a file'}; name a file to write, "
+                         "e.g. results/claims.md")
+    try:
+        runs = load_runs(options.runs)
+    except ValueError as error:  # no runs, or a run file that cannot be read
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    table = claims_table(runs)
     print(table)
     if options.out:
         options.out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,12 +17,16 @@ value the plan would set for the same key (e.g. `setting=offline`). slurm/array.
 slurm/train_*.sbatch build their commands here, so a SLURM run and a local run of the same
 (method, seed, budget) are the same command with the same output directory. The output
 directory never depends on a SLURM job id: a requeued job resumes where it stopped.
+
+A grid file and the arguments are checked before anything is planned or run: bad input exits with
+code 2 and one `plan.py: error:` line that names the key or argument.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -32,8 +36,18 @@ from pathlib import Path
 
 import yaml
 
+from bidir.checks import positive_int
+from bidir.methods import METHODS
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_GRID = REPO / "experiments" / "grid.yaml"
+GRID_KEYS = {  # key: (type, required); grid.yaml documents each
+    "name": (str, True), "methods": (list, True), "variants": (dict, False), "seeds": (list, True),
+    "budgets": (dict, True), "output_root": (str, True), "setting": (str, True), "launcher": (str, True),
+    "overrides": (list, False),
+}
+SETTINGS = sorted(p.stem for p in (REPO / "bidir" / "conf" / "setting").glob("*.yaml"))
+LAUNCHERS = ["python"] + sorted(p.stem for p in (REPO / "lamorel_configs").glob("*.yaml"))
 
 
 @dataclass(frozen=True)
@@ -51,9 +65,73 @@ class Run:
         return self.output_root / self.experiment / self.method / f"seed{self.seed}"
 
 
+class GridError(ValueError):
+    """An experiment file or a choice that cannot make a plan; main reports it in one line (exit 2)."""
+
+
 def load_grid(path: Path = DEFAULT_GRID) -> dict:
-    with open(path) as f:
-        return yaml.safe_load(f)
+    """The experiment definition in `path`, checked by `check_grid`."""
+    try:
+        with open(path) as f:
+            grid = yaml.safe_load(f)
+    except OSError as error:
+        raise GridError(f"--grid {path}: {error.strerror}; give an experiment file such as "
+                        f"experiments/grid.yaml") from None
+    except yaml.YAMLError as error:  # its message spans lines
+        raise GridError(f"--grid {path} is not valid YAML: {' '.join(str(error).split())}") from None
+    check_grid(grid, path)
+    return grid
+
+
+def check_grid(grid, path: Path):
+    """GridError naming the file, the key and the fix unless `grid` has exactly the keys of
+    GRID_KEYS with usable values: otherwise a typo would surface only when a run starts, or
+    silently not at all (an unknown key, a duplicate seed sharing an output directory)."""
+    def fail(why):
+        raise GridError(f"{path}: {why} (see experiments/grid.yaml)")
+
+    if not isinstance(grid, dict):
+        fail(f"expected a mapping with the keys {', '.join(GRID_KEYS)}")
+    unknown = sorted(set(grid) - set(GRID_KEYS))
+    if unknown:
+        fail(f"unknown key {', '.join(map(repr, unknown))}; the keys are {', '.join(GRID_KEYS)}")
+    for key, (kind, required) in GRID_KEYS.items():
+        if grid.get(key) is None and not required:
+            continue
+        if key not in grid:
+            fail(f"missing key {key!r}")
+        if not isinstance(grid[key], kind) or required and not grid[key]:
+            fail(f"{key} must be a non-empty {'mapping' if kind is dict else kind.__name__}, got {grid[key]!r}")
+    variants = grid.get("variants") or {}
+    for name, variant in variants.items():
+        method = variant.get("method") if isinstance(variant, dict) else None
+        if not isinstance(method, str) or method not in METHODS or set(variant) - {"method", "overrides"}:
+            fail(f"variant {name!r} must be {{method: one of {', '.join(METHODS)}, overrides: [key=value, ...]}}, "
+                 f"got {variant!r}")
+        check_overrides(variant.get("overrides") or [], f"variant {name!r}: overrides", fail)
+    for method in grid["methods"]:
+        if not isinstance(method, str) or method not in METHODS and method not in variants:
+            fail(f"methods: unknown method {method!r}; use one of {', '.join(METHODS)} or define it under variants")
+    if any(type(seed) is not int for seed in grid["seeds"]):  # nor bool
+        fail(f"seeds must be integers, got {grid['seeds']!r}")
+    for key in ("methods", "seeds"):
+        twice = sorted({str(v) for v in grid[key] if grid[key].count(v) > 1})
+        if twice:
+            fail(f"{key} lists {', '.join(twice)} more than once (its runs would share an output directory)")
+    for budget, iterations in grid["budgets"].items():
+        if not (isinstance(budget, str) and type(iterations) is int and iterations >= 1):  # bool is no int here
+            fail(f"budgets: {budget!r} must be a name for a positive number of iterations, got {iterations!r}")
+    if grid["setting"] not in SETTINGS:
+        fail(f"setting must be one of {', '.join(SETTINGS)}, got {grid['setting']!r}")
+    if grid["launcher"] not in LAUNCHERS:
+        fail(f"launcher must be one of {', '.join(LAUNCHERS)}, got {grid['launcher']!r}")
+    check_overrides(grid.get("overrides") or [], "overrides", fail)
+
+
+def check_overrides(overrides: list, what: str, fail):
+    """Hydra overrides are `key=value` strings."""
+    if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+        fail(f"{what} must be a list of key=value overrides, got {overrides!r}")
 
 
 def resolve_root(output_root: str | Path) -> Path:
@@ -62,15 +140,21 @@ def resolve_root(output_root: str | Path) -> Path:
     return root if root.is_absolute() else REPO / root
 
 
+def budget_iterations(grid: dict, budget: str) -> int:
+    """The iterations of `budget` (GridError if the grid has no such budget)."""
+    if budget not in grid["budgets"]:
+        raise GridError(f"--budget {budget}: the grid's budgets are {', '.join(grid['budgets'])}; choose one")
+    return grid["budgets"][budget]
+
+
 def grid_runs(grid: dict, budget: str, output_root: str | Path | None = None) -> list[Run]:
     """The grid's runs in array order: method-major, then seed (task id = m * n_seeds + s)."""
-    if budget not in grid["budgets"]:
-        raise SystemExit(f"unknown budget {budget!r}; grid.yaml has {sorted(grid['budgets'])}")
+    iterations = budget_iterations(grid, budget)
     root = resolve_root(output_root if output_root is not None else grid["output_root"])
     experiment = f"{grid['name']}-{budget}"
     variants = grid.get("variants") or {}
     return [
-        Run(method, int(seed), int(grid["budgets"][budget]), experiment, root,
+        Run(method, int(seed), iterations, experiment, root,
             variants.get(method, {}).get("method", method), tuple(variants.get(method, {}).get("overrides", ())))
         for method in grid["methods"]
         for seed in grid["seeds"]
@@ -94,11 +178,12 @@ def merge_overrides(*groups: list[str]) -> list[str]:
 @dataclass(frozen=True)
 class Rendezvous:
     """One process of a multi-node run: torchrun joins `nnodes` such processes (one per
-    SLURM task) at `endpoint` (host:port of the first node) under the id `rdzv_id`."""
+    SLURM task) at `endpoint` (host:port of the first node) under the id `rdzv_id` (an integer:
+    it is also Lamorel's multinode_args.experiment_id)."""
 
     nnodes: int
     endpoint: str
-    rdzv_id: str
+    rdzv_id: int
 
 
 def command(
@@ -186,36 +271,48 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--task-id", type=int, help="print the command of this array index")
     what.add_argument("--list", action="store_true", help="print every command in array order")
     what.add_argument("--local", action="store_true", help="run the grid here (see --jobs)")
-    what.add_argument("--method", help="one run outside the grid (with --seed, --iterations)")
+    what.add_argument("--method", choices=list(METHODS), help="one run outside the grid (with --seed, --iterations)")
     parser.add_argument("--grid", type=Path, default=DEFAULT_GRID, help="experiment definition")
-    parser.add_argument("--jobs", type=int, default=1,
+    parser.add_argument("--jobs", type=positive_int, default=1,
                         help="with --local: runs at a time (give each a core: torch_threads is 1)")
     parser.add_argument("--budget", default="short", help="a key of the grid's budgets")
     parser.add_argument("--seed", type=int, default=1, help="with --method")
     parser.add_argument("--iterations", type=int, help="with --method (default: the budget's)")
     parser.add_argument("--experiment", default="default", help="with --method: group/directory name")
     parser.add_argument("--output-root", help="replaces the grid's output_root")
-    parser.add_argument("--setting", help="replaces the grid's setting (offline | paper)")
-    parser.add_argument("--launcher", help="replaces the grid's launcher (python | a lamorel config)")
+    parser.add_argument("--setting", choices=SETTINGS, help="replaces the grid's setting")
+    parser.add_argument("--launcher", choices=LAUNCHERS,
+                        help="replaces the grid's launcher (python, or a lamorel_configs/ name)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the commands")
     parser.add_argument("--nnodes", type=int,
                         help="multi-node run (lamorel launcher only): processes that join, one per task")
     parser.add_argument("--rdzv-endpoint", help="with --nnodes: host:port of the first node")
-    parser.add_argument("--rdzv-id", default="bidir", help="with --nnodes: rendezvous id")
+    parser.add_argument("--rdzv-id", type=int, default=0,
+                        help="with --nnodes: rendezvous id, an integer unique per job and restart")
     parser.add_argument("--exec", action="store_true",
                         help="with --task-id or --method: become the command (for sbatch scripts)")
     parser.add_argument("overrides", nargs="*", help="hydra overrides for every command")
     args = parser.parse_args(argv)
-    if args.nnodes and not args.rdzv_endpoint:
-        parser.error("--nnodes needs --rdzv-endpoint")
+    if args.nnodes is not None:
+        if args.nnodes < 2:
+            parser.error(f"--nnodes {args.nnodes}: a multi-node run has an RL process and at least one LLM "
+                         "server; give 2 or more")
+        if not re.fullmatch(r"[^:]+:\d+", args.rdzv_endpoint or ""):
+            parser.error(f"--nnodes needs --rdzv-endpoint host:port (the first node), got {args.rdzv_endpoint}")
 
-    grid = load_grid(args.grid)
-    if args.method is not None:
-        iterations = args.iterations or grid["budgets"][args.budget]
-        root = resolve_root(args.output_root or grid["output_root"])
-        runs = [Run(args.method, args.seed, iterations, args.experiment, root)]
-    else:
-        runs = grid_runs(grid, args.budget, args.output_root)
+    try:
+        grid = load_grid(args.grid)
+        if args.method is not None:
+            iterations = budget_iterations(grid, args.budget) if args.iterations is None else args.iterations
+            root = resolve_root(args.output_root or grid["output_root"])
+            runs = [Run(args.method, args.seed, iterations, args.experiment, root)]
+        else:
+            runs = grid_runs(grid, args.budget, args.output_root)
+    except GridError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    launcher = args.launcher or grid["launcher"]
+    if args.nnodes and launcher == "python":
+        parser.error("--nnodes needs a Lamorel launcher: add --launcher multi_node")
     if args.count:
         print(len(runs))
         return 0
@@ -223,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         command(
             run,
             setting=args.setting or grid["setting"],
-            launcher=args.launcher or grid["launcher"],
+            launcher=launcher,
             overrides=merge_overrides(grid.get("overrides") or [], args.overrides),
             python=args.python,
             rendezvous=(Rendezvous(args.nnodes, args.rdzv_endpoint, args.rdzv_id)
@@ -232,8 +329,6 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs
     ]
     if args.local:
-        if args.jobs < 1:
-            parser.error("--jobs must be at least 1")
         return run_local(commands, [run.output_dir.parent / f"{run.output_dir.name}.log" for run in runs], args.jobs)
     if args.task_id is not None:
         if not 0 <= args.task_id < len(commands):

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Preemption handling shared by slurm/*.sbatch (sourced, not submitted):
+# Preemption handling (and the input checks below) shared by slurm/*.sbatch (sourced, not submitted):
 #
 #   source "$BIDIR_ROOT/slurm/_run_with_requeue.sh"
 #   run_with_requeue python -m bidir.train rl_script_args.output_dir=... ; exit $?
@@ -29,6 +29,24 @@
 # raise it (e.g. `sbatch --signal=B:USR1@600 ...`) when iterations are slow.
 
 BIDIR_PREEMPTED_EXIT_CODE=3
+
+# bidir_usage_error SCRIPT MESSAGE...: bad input, reported as bidir's own tools report it: one
+# `SCRIPT: error: MESSAGE` line naming the problem and the fix, exit code 2, nothing run.
+bidir_usage_error() {
+    local script=$1
+    shift
+    echo "$script: error: $*" >&2
+    exit 2
+}
+
+# bidir_check_python SCRIPT: $PYTHON runs and has bidir installed (importable from elsewhere than
+# the working directory, as experiments/plan.py needs it); a wrong one would otherwise fail later,
+# as `exec: not found` or a traceback, once per task. (plan.py checks the values it is given.)
+bidir_check_python() {
+    local why
+    why=$("$PYTHON" -c "import sys; sys.path.pop(0); import bidir" 2>&1) || bidir_usage_error "$1" \
+        "PYTHON=$PYTHON cannot import bidir ($(tail -n 1 <<<"$why")); set PYTHON to bidir's environment's python"
+}
 
 _bidir_log() { echo "[run_with_requeue $(date +%T)] $*" >&2; }
 

@@ -1,9 +1,12 @@
 """experiments/claims.py: the long-budget figures and the paired table, on hand-computed runs."""
 import math
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+from test_compare import write_run  # a run directory as bidir.train leaves it
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 import claims  # noqa: E402
@@ -49,3 +52,27 @@ def test_claims_table_pairs_by_seed_and_skips_missing_groups():
     assert "bidir: 0.850 ± 0.635 (n=2)" in final  # t(1) 12.706 x sd 0.0707 / sqrt(2)
     groups = {cell.split(":")[0].strip() for line in table.splitlines()[2:] for cell in line.split("|")[3:5]}
     assert groups == {"bidir", "glam"}  # comparisons with student, t2s or the variants are skipped
+
+
+CLAIMS = Path(__file__).resolve().parent.parent / "experiments" / "claims.py"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{tmp}/nothing"], "no run directories (with config.yaml and metrics.csv) in {tmp}/nothing"),
+    (["{tmp}/bad/*/seed*"], "{tmp}/bad/bidir/seed1/metrics.csv: has no column return_mean"),
+    (["{tmp}/runs/*/seed*", "--out", "{tmp}"], "--out {tmp}: {tmp} is a directory; name a file to write"),
+    (["{tmp}/runs/*/seed*", "--out", "{tmp}/file/claims.md"],
+     "--out {tmp}/file/claims.md: {tmp}/file is a file; name a file to write"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
+    write_run(tmp_path / "runs" / "bidir" / "seed1", "bidir", 1, [0.5, 0.9])
+    write_run(tmp_path / "bad" / "bidir" / "seed1", "bidir", 1, [0.5, 0.9])
+    (tmp_path / "bad" / "bidir" / "seed1" / "metrics.csv").write_text("iteration,frames\n0,100\n")
+    (tmp_path / "file").write_text("mine")
+    before = sorted(tmp_path.rglob("*"))
+    done = subprocess.run([sys.executable, str(CLAIMS), *(arg.replace("{tmp}", str(tmp_path)) for arg in args)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("claims.py: error:")]
+    assert len(errors) == 1 and message.replace("{tmp}", str(tmp_path)) in errors[0], done.stderr
+    assert sorted(tmp_path.rglob("*")) == before and (tmp_path / "file").read_text() == "mine"

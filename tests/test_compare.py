@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from bidir.compare import frames_to, load_runs, mean_ci, paired_difference, smooth, summarize
+from bidir.compare import curves_figure, frames_to, load_runs, mean_ci, paired_difference, smooth, summarize
 
 
 def test_mean_ci_uses_students_t():
@@ -94,20 +94,87 @@ def test_cli_warns_about_unequal_budgets_and_short_runs_and_gives_no_interval_fo
     assert warnings == [
         "bidir-compare: warning: runs differ in length (bidir: 6 iterations; glam: 3 iterations): final figures "
         "and frames to thresholds compare different budgets",
-        "bidir-compare: warning: glam: a run of 3 iterations is shorter than the smoothing window (5); glam is "
-        "left out of the plot (lower --smooth)"]
+        "bidir-compare: warning: glam: a run of 3 iterations is no longer than the smoothing window (5); glam's "
+        "curve is drawn unsmoothed (lower --smooth)"]
     rows = {line.split("|")[1].strip(): line for line in done.stdout.splitlines() if line.startswith("| ")}
     assert "| 2 | 0.410 ± 0.127 |" in rows["bidir"]  # mean of the last 5 iterations, 2 runs
     assert "| 1 | 0.200 | 1.000 |" in rows["glam"] and "±" not in rows["glam"]
 
 
-def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
-    write_run(tmp_path / "runs" / "s1", "glam", 1, [0.1, 0.2, 0.3])
-    for args, message in [(["--smooth", "0"], "--smooth: expected a positive integer, got 0"),
-                          (["--last", "x"], "--last: expected a positive integer, got 'x'")]:
-        done = subprocess.run([sys.executable, "-m", "bidir.compare", str(tmp_path / "runs" / "*"), *args,
-                               "--out", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-        errors = [line for line in done.stderr.splitlines() if line.startswith("bidir-compare: error:")]
-        assert len(errors) == 1 and message in errors[0], done.stderr
+def test_runs_no_longer_than_the_window_are_drawn_unsmoothed_and_n_is_in_legend_and_title(tmp_path):
+    write_run(tmp_path / "bidir1", "bidir", 1, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    write_run(tmp_path / "bidir2", "bidir", 2, [0.1, 0.2, 0.3, 0.4, 0.5, 0.7])
+    write_run(tmp_path / "glam1", "glam", 1, [0.1, 0.2, 0.3, 0.4, 0.5])  # as long as the window
+    write_run(tmp_path / "student1", "student", 1, [0.4])                # a single iteration
+    runs = load_runs([str(tmp_path / "*")])
+    figure = curves_figure(runs, window=5)
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    assert list(lines) == ["bidir (n=2)", "glam (n=1, no CI, unsmoothed)", "student (n=1, no CI, unsmoothed)"]
+    assert list(lines["glam (n=1, no CI, unsmoothed)"].get_ydata()) == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert list(lines["student (n=1, no CI, unsmoothed)"].get_ydata()) == [0.4]
+    assert lines["student (n=1, no CI, unsmoothed)"].get_marker() == "o"  # one point: visible only as a marker
+    smoothed = lines["bidir (n=2)"].get_ydata()
+    assert np.isnan(smoothed[:4]).all() and smoothed[5] == pytest.approx(0.41)  # mean of 2.0 / 5 and 2.1 / 5
+    assert figure._suptitle.get_text() == "mean ± 95% CI over seeds (no CI where n=1)"
+    assert curves_figure({"glam": runs["glam"]})._suptitle.get_text() == "one run per method (no CI)"
+    assert curves_figure({"bidir": runs["bidir"]})._suptitle.get_text() == "mean ± 95% CI over seeds"
+
+
+def test_help_shows_the_defaults():
+    done = subprocess.run([sys.executable, "-m", "bidir.compare", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    for default in ["(default: comparison)", "final figures (default: 5)", "smoothing window (default: 5)",
+                    "(default: every group)"]:
+        assert default in text, done.stdout
+
+
+def rewrite(path, text):
+    path.unlink()
+    path.write_text(text)
+
+
+@pytest.mark.parametrize("damage, args, message", [
+    (None, ["--smooth", "0"], "--smooth: expected a positive integer, got 0"),
+    (None, ["--last", "x"], "--last: expected a positive integer, got 'x'"),
+    (None, ["--group", "g"], "--group selects W&B runs: use it with --wandb ENTITY/PROJECT"),
+    (lambda run: None, ["{tmp}/nothing"], "no run directories (with config.yaml and metrics.csv) in {tmp}/nothing"),
+    (lambda run: (run / "metrics.csv").unlink() or (run / "metrics.csv").mkdir(), [],
+     "{run}/metrics.csv: cannot be read ([Errno 21] Is a directory"),
+    (lambda run: rewrite(run / "metrics.csv", "iteration,frames,success_rate\n0,100,0.5\n"), [],
+     "{run}/metrics.csv: has no column return_mean, episodes, wall_time_s; fix or delete it"),
+    (lambda run: rewrite(run / "metrics.csv", (run / "metrics.csv").read_text().replace(",0.2,", ",abc,")), [],
+     "{run}/metrics.csv: line 3 is not numeric in frames, return_mean, success_rate, episodes, wall_time_s"),
+    (lambda run: rewrite(run / "config.yaml", "rl_script_args: {method: [glam\n"), [],
+     "{run}/config.yaml: is not a run's configuration ("),
+    (lambda run: rewrite(run / "config.yaml", "wandb: {mode: offline}\n"), [],
+     "{run}/config.yaml: is not a run's configuration (Missing key rl_script_args"),
+    (lambda run: (run / "eval.json").write_text('{"results": '), [], "{run}/eval.json: is not an evaluation ("),
+])
+def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, damage, args, message):
+    run = tmp_path / "runs" / "s1"
+    write_run(run, "glam", 1, [0.1, 0.2, 0.3])
+    if damage:
+        damage(run)
+    patterns = [] if args[:1] == ["{tmp}/nothing"] else [str(tmp_path / "runs" / "*")]
+    args = [arg.format(tmp=tmp_path) for arg in args]
+    done = subprocess.run([sys.executable, "-m", "bidir.compare", *patterns, *args, "--out", str(tmp_path / "cmp")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("bidir-compare: error:")]
+    assert len(errors) == 1 and message.format(run=run, tmp=tmp_path) in errors[0], done.stderr
     assert not (tmp_path / "cmp").exists()
+
+
+@pytest.mark.parametrize("out", ["file", "file/cmp"])
+def test_cli_out_that_cannot_be_a_directory_exits_2_and_changes_nothing(tmp_path, out):
+    write_run(tmp_path / "runs" / "s1", "glam", 1, [0.1, 0.2, 0.3])
+    (tmp_path / "file").write_text("mine")
+    done = subprocess.run([sys.executable, "-m", "bidir.compare", str(tmp_path / "runs" / "*"),
+                           "--out", str(tmp_path / out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("bidir-compare: error:")]
+    assert errors == [f"bidir-compare: error: --out {tmp_path / out}: {tmp_path / 'file'} is not a writable "
+                      "directory; choose another --out"], done.stderr
+    assert (tmp_path / "file").read_text() == "mine"

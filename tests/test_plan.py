@@ -120,13 +120,14 @@ def test_multinode_command_is_torchrun_with_the_rendezvous():
     # One process of a multi-node run: what lamorel_launcher's multinode mode means to start
     # (its own call loses the rendezvous arguments, see plan.command).
     out = run_plan("--method", "bidir", "--launcher", "multi_node", "--python", "python",
-                   "--nnodes", 3, "--rdzv-endpoint", "node1:25007", "--rdzv-id", "7-0").stdout.split()
+                   "--nnodes", 3, "--rdzv-endpoint", "node1:25007", "--rdzv-id", 7001).stdout.split()
     assert out[:9] == ["python", "-m", "torch.distributed.run", "--nnodes=3", "--nproc_per_node=1",
-                       "--rdzv-backend=c10d", "--rdzv-endpoint=node1:25007", "--rdzv-id=7-0",
+                       "--rdzv-backend=c10d", "--rdzv-endpoint=node1:25007", "--rdzv-id=7001",
                        f"{REPO}/bidir/train.py"]
     assert out[-2:] == [f"--config-path={REPO}/lamorel_configs", "--config-name=multi_node"]
     assert "lamorel_args.distributed_setup_args.multinode_args.main_process_ip=node1" in out
     assert "lamorel_args.distributed_setup_args.multinode_args.main_process_port=25007" in out
+    assert "lamorel_args.distributed_setup_args.multinode_args.experiment_id=7001" in out  # an integer
 
 
 def test_variants_and_two_jobs_at_a_time(tmp_path):
@@ -144,3 +145,71 @@ def test_variants_and_two_jobs_at_a_time(tmp_path):
     assert [line.split()[0] for line in lines[:2]] == ["start", "start"]  # the second began before the first ended
     assert sum(line.startswith("start") for line in lines) == 4
     assert "running" in (tmp_path / "runs" / "paper-short" / "bidir-no-distill" / "seed2.log").read_text()
+
+
+def plan_grid(**changes) -> dict:
+    """The paper grid with `changes` (None drops a key)."""
+    grid = plan.load_grid()
+    grid.update(changes)
+    return {key: value for key, value in grid.items() if value is not None}  # None: drop the key
+
+
+# (grid file text, or changes to the paper grid, or None: no file; plan.py arguments; the error line's message)
+BAD_INPUT = {
+    "grid file missing": (None, ["--grid", "{tmp}/nope.yaml"],
+                          "--grid {tmp}/nope.yaml: No such file or directory; give an experiment file"),
+    "grid not YAML": ("methods: [bidir\n", [], "--grid {tmp}/grid.yaml is not valid YAML: while parsing"),
+    "grid not a mapping": ("[bidir, glam]\n", [], "{tmp}/grid.yaml: expected a mapping with the keys name, methods"),
+    "unknown key": (dict(seed=[1]), [], "{tmp}/grid.yaml: unknown key 'seed'; the keys are name, methods"),
+    "missing key": (dict(budgets=None), [], "{tmp}/grid.yaml: missing key 'budgets'"),
+    "wrong type": (dict(methods="bidir"), [], "{tmp}/grid.yaml: methods must be a non-empty list, got 'bidir'"),
+    "unknown method": (dict(methods=["bidr"]), [],
+                       "{tmp}/grid.yaml: methods: unknown method 'bidr'; use one of bidir, t2s, glam, student or "
+                       "define it under variants"),
+    "method not a name": (dict(methods=[["bidir"]]), [], "{tmp}/grid.yaml: methods: unknown method ['bidir']"),
+    "bad variant": (dict(methods=["v"], variants={"v": {"method": "bidir", "override": ["a=1"]}}), [],
+                    "{tmp}/grid.yaml: variant 'v' must be {method: one of bidir, t2s, glam, student, overrides:"),
+    "seed not an integer": (dict(seeds=[1, "2"]), [], "{tmp}/grid.yaml: seeds must be integers, got [1, '2']"),
+    "seed twice": (dict(seeds=[1, 2, 1]), [], "{tmp}/grid.yaml: seeds lists 1 more than once"),
+    "budget not positive": (dict(budgets={"short": 0}), [],
+                            "{tmp}/grid.yaml: budgets: 'short' must be a name for a positive number of "
+                            "iterations, got 0"),
+    "unknown setting": (dict(setting="offlin"), [],
+                        "{tmp}/grid.yaml: setting must be one of offline, paper, got 'offlin'"),
+    "unknown launcher": (dict(launcher="slurm"), [], "{tmp}/grid.yaml: launcher must be one of python, local_cpu"),
+    "override not key=value": (dict(overrides=["wandb.mode"]), [],
+                               "{tmp}/grid.yaml: overrides must be a list of key=value overrides, got ['wandb.mode']"),
+    "unknown budget": ({}, ["--budget", "medium"], "--budget medium: the grid's budgets are short, long; choose one"),
+    "--method unknown": ({}, ["--method", "bidr"], "argument --method: invalid choice: 'bidr'"),
+    "--setting unknown": ({}, ["--setting", "offlin"], "argument --setting: invalid choice: 'offlin'"),
+    "--jobs 0": ({}, ["--jobs", "0"], "argument --jobs: expected a positive integer, got 0"),
+    "--nnodes 1": ({}, ["--nnodes", "1", "--rdzv-endpoint", "n:1"], "--nnodes 1: a multi-node run has an RL"),
+    "--nnodes, no endpoint": ({}, ["--nnodes", "2"], "--nnodes needs --rdzv-endpoint host:port (the first node)"),
+    "--nnodes, python launcher": ({}, ["--nnodes", "2", "--rdzv-endpoint", "n:1", "--launcher", "python"],
+                                  "--nnodes needs a Lamorel launcher: add --launcher multi_node"),
+    "--rdzv-id not an integer": ({}, ["--rdzv-id", "8-0"], "argument --rdzv-id: invalid int value: '8-0'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_exits_2_with_one_line_and_runs_nothing(tmp_path, case):
+    grid, args, message = BAD_INPUT[case]
+    grid_file = tmp_path / "grid.yaml"
+    if isinstance(grid, str):
+        grid_file.write_text(grid)
+    elif grid is not None:
+        grid = plan_grid(**{"output_root": str(tmp_path / "runs"), **grid})
+        grid_file.write_text(yaml.safe_dump(grid, sort_keys=False))
+    fake = tmp_path / "python"  # a stand-in trainer that leaves a trace if anything runs
+    fake.write_text(f"#!/bin/sh\ntouch {tmp_path / 'ran'}\n")
+    fake.chmod(0o755)
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    if "--grid" not in args:
+        args += ["--grid", grid_file]
+    if "--method" not in args:  # the two exclude each other
+        args = ["--local", *args]
+    done = run_plan(*args, "--python", fake, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("plan.py: error:")]
+    assert len(errors) == 1 and message.replace("{tmp}", str(tmp_path)) in errors[0], done.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "ran").exists()

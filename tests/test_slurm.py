@@ -79,8 +79,8 @@ def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
 
 
 def submit(script: str, out_log: Path, overrides=(), sbatch_args=(), **env) -> str:
-    environment = dict(os.environ, PYTHON=sys.executable, BIDIR_ROOT=str(REPO),
-                       **{k: str(v) for k, v in env.items()})
+    environment = {**os.environ, "PYTHON": sys.executable, "BIDIR_ROOT": str(REPO),
+                   **{k: str(v) for k, v in env.items()}}
     out = subprocess.run(
         ["sbatch", "--parsable", f"--output={out_log}", "--time=00:10:00",
          *sbatch_args, str(REPO / "slurm" / script), *overrides],
@@ -88,10 +88,14 @@ def submit(script: str, out_log: Path, overrides=(), sbatch_args=(), **env) -> s
     return out.stdout.strip().split(";")[0]
 
 
-def wait_done(job_id: str, timeout: float, log: Path) -> dict:
+def wait_ended(job_id: str, timeout: float, log: Path) -> dict:
     final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
-    info = wait_for(lambda: (i := job_info(job_id)).get("JobState") in final and i,
+    return wait_for(lambda: (i := job_info(job_id)).get("JobState") in final and i,
                     timeout, f"job {job_id} to finish", log)
+
+
+def wait_done(job_id: str, timeout: float, log: Path) -> dict:
+    info = wait_ended(job_id, timeout, log)
     assert info["JobState"] == "COMPLETED", f"job {job_id}: {info}\n{log.read_text()[-3000:]}"
     return info
 
@@ -194,3 +198,117 @@ def test_finished_run_submitted_again_changes_nothing(jobs):
                     EXPERIMENT="ci", SETTING="offline", METHOD="student", ITERATIONS=3, SEED=2)
     wait_done(job_id, 120, log)
     assert (job["output_dir"] / "metrics.csv").read_bytes() == before
+
+
+# slurm/train_multinode.sbatch on CPU: each of 2 tasks (the cluster's 2 CPUs) is one process of
+# Lamorel's multinode setup, the RL process or the LLM server (--gpus-per-task=0: on the CPU).
+MULTINODE_RUN = [*SMALL_RUN, "rl_script_args.steps_per_iteration=32",
+                 "lamorel_args.llm_configs.main_llm.model_path=tiny-t5"]
+MULTINODE_CPU = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-task=0"]
+
+
+@pytest.fixture(scope="module")
+def multinode_jobs(tmp_path_factory):
+    """Both multinode jobs at once, the preempted one first."""
+    pytest.importorskip("lamorel", reason="Lamorel v0.3 is not installed (pip install -e '.[lamorel]')")
+    root = tmp_path_factory.mktemp("slurm-multinode")
+    submitted = {}
+    for name, spec in [("preempted", dict(ITERATIONS=40, SEED=1)), ("complete", dict(ITERATIONS=2, SEED=2))]:
+        log = root / f"{name}.out"
+        job_id = submit("train_multinode.sbatch", log, MULTINODE_RUN, MULTINODE_CPU,
+                        OUTPUT_ROOT=root, EXPERIMENT="ci", SETTING="offline", METHOD="bidir", **spec)
+        submitted[name] = dict(spec, job_id=job_id, log=log,
+                               output_dir=root / "ci" / "bidir" / f"seed{spec['SEED']}")
+    yield submitted
+    for job in submitted.values():
+        subprocess.run(["scancel", job["job_id"]], capture_output=True)
+
+
+def test_preempted_multinode_run_requeues_and_resumes(multinode_jobs):
+    job = multinode_jobs["preempted"]
+    job_id, log, output_dir = job["job_id"], job["log"], job["output_dir"]
+    wait_for(lambda: len(metrics(output_dir)) >= 2, 300, "two iterations logged", log)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
+
+    wait_for(lambda: int(job_info(job_id).get("Restarts", 0)) >= 1, 120,
+             f"job {job_id} to be requeued", log)
+    stopped_at = len(metrics(output_dir))
+    assert stopped_at < job["ITERATIONS"], "the run finished before the signal; make it longer"
+    wait_done(job_id, 400, log)
+
+    assert_every_iteration_once(metrics(output_dir), job["ITERATIONS"])
+    text = log.read_text()
+    assert "requeueing job" in text and "restart 1" in text
+    # the rerun joins a fresh rendezvous
+    assert f"--rdzv-id={int(job_id) * 1000 + 1} " in text
+
+
+def test_multinode_run_on_cpu_completes(multinode_jobs):
+    job = multinode_jobs["complete"]
+    info = wait_done(job["job_id"], 400, job["log"])
+    assert info.get("Restarts", "0") == "0"
+    assert_every_iteration_once(metrics(job["output_dir"]), job["ITERATIONS"])
+    text = job["log"].read_text()
+    # the LLM server on the CPU, and an integer rendezvous id (Lamorel's experiment_id)
+    assert "main_llm.devices_per_process=[cpu]" in text
+    assert f"--rdzv-id={int(job['job_id']) * 1000} " in text
+
+
+# Bad input to each script: the job exits with 2 and one `<script>: error:` line naming the problem and
+# the fix (plan.py's own line for the values it checks), no traceback, no run directory. Each case:
+# (script, environment, sbatch arguments (None: the script's usual ones here), the error line).
+MULTINODE_CPU_ONE_TASK = ["--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=1", "--gpus-per-task=0"]
+SCRIPT_ARGS = {"array.sbatch": ["--array=0"], "train_cpu.sbatch": [],
+               "train_gpu.sbatch": ["--gres=none", "--cpus-per-task=1"], "train_multinode.sbatch": MULTINODE_CPU}
+BAD_JOBS = {
+    **{f"{script}, BIDIR_ROOT not a checkout": (
+        script, dict(BIDIR_ROOT="{tmp}"), None,
+        f"{script}: error: BIDIR_ROOT={{tmp}} is not a bidir checkout; submit from the repository root or set "
+        "BIDIR_ROOT") for script in SCRIPT_ARGS},
+    **{f"{script}, PYTHON missing": (
+        script, dict(PYTHON="{tmp}/python"), None,
+        f"{script}: error: PYTHON={{tmp}}/python cannot import bidir (") for script in SCRIPT_ARGS},
+    "train_cpu.sbatch, METHOD unknown": ("train_cpu.sbatch", dict(METHOD="bidr"), None,
+                                         "plan.py: error: argument --method: invalid choice: 'bidr'"),
+    "array.sbatch, not an array": ("array.sbatch", {}, [],
+                                   "array.sbatch: error: no array task id: submit with sbatch --array=0-N"),
+    "array.sbatch, BUDGET unknown": ("array.sbatch", dict(BUDGET="medium"), None,
+                                     "plan.py: error: --budget medium: the grid's budgets are short, long"),
+    "train_gpu.sbatch, N_LLM_SERVERS=0": ("train_gpu.sbatch", dict(N_LLM_SERVERS=0), None,
+                                          "train_gpu.sbatch: error: N_LLM_SERVERS=0 must be a number of LLM "
+                                          "servers, 1 or more (on the CPU), or unset: one server per GPU"),
+    "train_multinode.sbatch, one task": ("train_multinode.sbatch", {}, MULTINODE_CPU_ONE_TASK,
+                                         "train_multinode.sbatch: error: a multinode run needs 2 or more SLURM "
+                                         "tasks (the RL process and the LLM servers), got 1"),
+    "train_multinode.sbatch, MASTER_PORT": ("train_multinode.sbatch", dict(MASTER_PORT="http"), None,
+                                            "train_multinode.sbatch: error: MASTER_PORT=http must be a port"),
+    "train_multinode.sbatch, METHOD unknown": ("train_multinode.sbatch", dict(METHOD="bidr"), None,
+                                               "plan.py: error: argument --method: invalid choice: 'bidr'"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_jobs(tmp_path_factory):
+    """Every bad-input job at once (each ends within seconds)."""
+    root = tmp_path_factory.mktemp("slurm-bad-input")
+    submitted = {}
+    for i, (case, (script, env, sbatch_args, _)) in enumerate(BAD_JOBS.items()):
+        env = {key: str(value).replace("{tmp}", str(root)) for key, value in env.items()}
+        log = root / f"{i}.out"
+        job_id = submit(script, log, sbatch_args=SCRIPT_ARGS[script] if sbatch_args is None else sbatch_args,
+                        OUTPUT_ROOT=root / "runs", SETTING="offline", **env)
+        submitted[case] = dict(job_id=job_id, log=log, root=root)
+    yield submitted
+    for job in submitted.values():
+        subprocess.run(["scancel", job["job_id"]], capture_output=True)
+
+
+@pytest.mark.parametrize("case", BAD_JOBS)
+def test_bad_input_fails_the_job_with_exit_2_and_one_line(bad_jobs, case):
+    job, message = bad_jobs[case], BAD_JOBS[case][3].replace("{tmp}", str(bad_jobs[case]["root"]))
+    info = wait_ended(job["job_id"], 200, job["log"])
+    text = job["log"].read_text()
+    assert info["JobState"] == "FAILED" and info["ExitCode"].startswith("2:"), f"{info}\n{text}"
+    errors = [line for line in text.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and errors[0].startswith(message), text
+    assert "Traceback" not in text and not (job["root"] / "runs").exists()
