@@ -168,7 +168,8 @@ def load_wandb_runs(project: str, group: str | None) -> dict[str, list[dict]]:
         runs[run.config["rl_script_args"]["method"]].append({
             "path": run.url, "seed": run.config["rl_script_args"]["seed"], "frames": column("frames"),
             "return": column("return_mean"), "success": column("success_rate"), "episodes": column("episodes"),
-            "eval": {}, "wall_time_s": float(run.summary.get("wall_time_s", np.nan))})
+            "eval": dict(run.summary.get("eval", {})),
+            "wall_time_s": float(run.summary.get("wall_time_s", np.nan))})
     if not runs:
         raise ValueError(f"no bidir runs in W&B project {project}" + (f", group {group}" if group else ""))
     return dict(runs)

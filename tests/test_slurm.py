@@ -141,7 +141,7 @@ def jobs(tmp_path_factory):
 
 
 def assert_every_iteration_once(rows: list[dict], iterations: int):
-    assert [int(r["iteration"]) for r in rows] == list(range(iterations))
+    assert [int(r["iteration"]) for r in rows] == list(range(1, iterations + 1))
     frames = [int(float(r["frames"])) for r in rows]
     assert all(a < b for a, b in zip(frames, frames[1:])), frames
     for column in ("success_rate", "return_mean", "episode_length_mean", "wall_time_s"):
