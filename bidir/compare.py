@@ -100,16 +100,21 @@ def _bad_file(path: Path, why) -> ValueError:
     return ValueError(" ".join(f"{path}: {why}; fix or delete it, or leave its run out of the patterns".split()))
 
 
+AGENTS = {"eval_teacher_alone_return": "teacher alone", "eval_student_alone_return": "student alone"}
+"""Each agent's held-out return during training (rl_script_args.eval_every), where a run has it."""
+
+
 def _read_metrics(path: Path) -> list[dict]:
     """metrics.csv's rows, each with the columns compare uses as floats (NaN where empty)."""
-    columns = ("frames", "return_mean", "success_rate", "episodes", "wall_time_s")
+    required = ("frames", "return_mean", "success_rate", "episodes", "wall_time_s")
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise _bad_file(path, f"cannot be read ({error})") from None
-    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    columns = required + tuple(c for c in AGENTS if c in (reader.fieldnames or []))
     if missing:
         raise _bad_file(path, f"has no column {', '.join(missing)}")
     values = []
@@ -148,7 +153,8 @@ def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
         runs[group_name(path, method)].append({
             "path": str(path), "seed": seed, "frames": column("frames"),
             "return": column("return_mean"), "success": column("success_rate"), "episodes": column("episodes"),
-            "eval": evaluation, "wall_time_s": rows[-1]["wall_time_s"]})
+            "eval": evaluation, "wall_time_s": rows[-1]["wall_time_s"],
+            "agents": {key: column(key) for key in AGENTS if key in rows[0]}})
     if not runs:
         raise ValueError(f"no run directories (with config.yaml and metrics.csv) in {' '.join(patterns)}")
     return dict(runs)
@@ -246,8 +252,11 @@ def default_title(runs: dict[str, list[dict]]) -> str:
 
 def curves_figure(runs: dict[str, list[dict]], window: int = 5, title: str = ""):
     """Mean ± 95% CI of the smoothed return and success curves per method, against frames; a method
-    whose shortest run is no longer than `window` is drawn unsmoothed, with a marker per iteration."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    whose shortest run is no longer than `window` is drawn unsmoothed, with a marker per iteration.
+    Where runs evaluated each agent during training, a third panel has each agent's own held-out
+    return (teacher alone solid, from the teacher before training at frame 0; student alone dashed)."""
+    agents = any(r.get("agents") for group in runs.values() for r in group)
+    fig, axes = plt.subplots(1, 3 if agents else 2, figsize=(16 if agents else 11, 4))
     for method in sorted(runs, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
         group = runs[method]
         length = min(len(r["frames"]) for r in group)
@@ -261,17 +270,44 @@ def curves_figure(runs: dict[str, list[dict]], window: int = 5, title: str = "")
             stats = [mean_ci(curves[:, i]) for i in range(length)]
             mean = np.array([s[0] for s in stats])
             ci = np.array([s[1] for s in stats])
-            ax.plot(frames, mean, marker="o" if unsmoothed else None, label=label)
+            line, = ax.plot(frames, mean, marker="o" if unsmoothed else None, label=label)
             ax.fill_between(frames, mean - ci, mean + ci, alpha=0.2)
-    for ax, label in zip(axes, ("mean return", "success rate")):
+        if agents:
+            _agent_curves(axes[2], group, length, line.get_color())
+    labels = (f"mean return (smoothed over {window} it.)", f"success rate (smoothed over {window} it.)",
+              "held-out return of each agent alone")
+    for ax, label in zip(axes, labels):
         ax.set_xlabel("frames")
-        ax.set_ylabel(f"{label} (smoothed over {window} it.)")
+        ax.set_ylabel(label)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
+    if agents:
+        for style, name in zip(("-", "--"), AGENTS.values()):
+            axes[2].plot([], [], style, color="grey", label=name)
+        axes[2].legend(loc="lower right", fontsize=8)
     axes[0].legend()
     fig.suptitle(title or default_title(runs))
     fig.tight_layout()
     return fig
+
+
+def _agent_curves(ax, group: list[dict], length: int, color):
+    """Mean ± 95% CI over the group's runs of each agent's held-out return, at the iterations
+    where they were evaluated (the same in every run of a group)."""
+    for key, style in zip(AGENTS, ("-", "--")):
+        if not all(key in r["agents"] for r in group):
+            continue
+        curves = np.stack([r["agents"][key][:length] for r in group])
+        evaluated = ~np.isnan(curves).any(axis=0)
+        frames = group[0]["frames"][:length][evaluated]
+        stats = [mean_ci(curves[:, i]) for i in np.flatnonzero(evaluated)]
+        mean, ci = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
+        start = [r["eval"].get("teacher_at_start", {}).get("return_mean") for r in group]
+        if key == "eval_teacher_alone_return" and all(v is not None for v in start):
+            at_start = mean_ci(start)
+            frames, mean, ci = np.insert(frames, 0, 0.0), np.insert(mean, 0, at_start[0]), np.insert(ci, 0, at_start[1])
+        ax.plot(frames, mean, style, color=color, marker=".")
+        ax.fill_between(frames, mean - ci, mean + ci, color=color, alpha=0.15)
 
 
 def plot(runs: dict[str, list[dict]], path: Path, window: int = 5, title: str = "") -> Path:

@@ -178,3 +178,27 @@ def test_cli_out_that_cannot_be_a_directory_exits_2_and_changes_nothing(tmp_path
     assert errors == [f"bidir-compare: error: --out {tmp_path / out}: {tmp_path / 'file'} is not a writable "
                       "directory; choose another --out"], done.stderr
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_each_agents_held_out_curve_is_averaged_over_seeds_from_the_teacher_at_start(tmp_path):
+    for seed, (teacher, student) in enumerate([(0.5, 0.2), (0.7, 0.4)], start=1):
+        path = tmp_path / "bidir" / f"seed{seed}"
+        write_run(path, "bidir", seed, [0.1, 0.2, 0.3, 0.4])
+        with open(path / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        for i, row in enumerate(rows):  # evaluated at iterations 1 and 4 only
+            evaluated = i in (0, 3)
+            row["eval_teacher_alone_return"] = teacher + 0.1 * i if evaluated else ""
+            row["eval_student_alone_return"] = student + 0.1 * i if evaluated else ""
+        with open(path / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        (path / "eval_start.json").write_text('{"results": {"teacher_at_start": {"return_mean": %s}}}' % (teacher - 0.3))
+    figure = curves_figure(load_runs([str(tmp_path / "bidir" / "seed*")]), window=2)
+    teacher_line, student_line = [line for line in figure.axes[2].lines if len(line.get_xdata())]
+    # the teacher from before training (frame 0), then the mean over the two seeds where evaluated
+    np.testing.assert_allclose(teacher_line.get_xdata(), [0, 100, 400])
+    np.testing.assert_allclose(teacher_line.get_ydata(), [0.3, 0.6, 0.9])
+    np.testing.assert_allclose(student_line.get_xdata(), [100, 400])
+    np.testing.assert_allclose(student_line.get_ydata(), [0.3, 0.6])
