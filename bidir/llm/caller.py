@@ -5,7 +5,9 @@ backends give the same numbers (within float rounding). `update` gives the updat
 """
 from __future__ import annotations
 
+import atexit
 import copy
+import gc
 import logging
 import os
 
@@ -181,6 +183,22 @@ def under_lamorel_launcher() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def release_process_groups():
+    """Destroys torch.distributed's process groups and frees what still holds them, so that gloo's
+    worker threads are joined while the interpreter still runs (registered at exit by `make_caller`).
+
+    A gloo worker frees the tensors of the collective it ran just after that collective returns. After
+    the last one (the RL process's CLOSE to the LLM servers, a server's CLOSE to the other servers)
+    the process exits at once; a worker that got no CPU in between frees those tensors while Python
+    finalizes, cannot take the GIL their Python objects need, and the process aborts (SIGABRT,
+    torch 2.13, Python 3.11). Destroying the groups here joins the workers first."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()  # a group held only through reference cycles (a Caller, a server, their modules) goes too
+
+
 def make_caller(lamorel_args, custom_updater={}, custom_module_functions={}, custom_model_initializer={}):
     """Lamorel's Caller under lamorel_launcher, else a LocalCaller, with the same extension objects."""
     if under_lamorel_launcher():
@@ -190,6 +208,8 @@ def make_caller(lamorel_args, custom_updater={}, custom_module_functions={}, cus
                                "without the launcher to use the in-process LocalCaller")
         from lamorel import Caller
 
+        # Before Caller: on an LLM server it serves until the RL process closes it, then exits.
+        atexit.register(release_process_groups)
         logger.info("LLM backend: lamorel.Caller (rank %s of %s)", os.environ["RANK"], os.environ["WORLD_SIZE"])
         initializers = {name: LamorelCompat(custom_model_initializer.get(name)) for name in lamorel_args.llm_configs}
         return Caller(lamorel_args, custom_updater=custom_updater, custom_module_functions=custom_module_functions,

@@ -1,9 +1,13 @@
 """Scores fixed prompts with the LLM behind `bidir.llm.make_caller` and dumps them as JSON.
 
 Run by tests/test_lamorel.py under `lamorel_launcher` (1 RL + 1 LLM process); the test
-recomputes the same calls with LocalCaller and compares.
+recomputes the same calls with LocalCaller and compares. With `rl_script_args.gloo_threads_dir`
+every process records, as it exits, the gloo threads it still runs.
 """
+import atexit
 import json
+import os
+from pathlib import Path
 
 import hydra
 import torch
@@ -48,9 +52,18 @@ def run_calls(caller, model_type):
     return result
 
 
+def record_gloo_threads(directory: str):
+    """Writes how many gloo threads this process still runs to `directory`/rank<RANK>.txt."""
+    names = [(task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()]
+    (Path(directory) / f"rank{os.environ['RANK']}.txt").write_text(str(sum("gloo" in n for n in names)))
+
+
 @hydra.main(version_base=None, config_path=None, config_name=None)
 def main(config):
     torch.manual_seed(0)
+    if config.rl_script_args.gloo_threads_dir:
+        # Registered before make_caller's own exit handler, so it runs after it (atexit is LIFO).
+        atexit.register(record_gloo_threads, config.rl_script_args.gloo_threads_dir)
     caller = make_caller(config.lamorel_args, custom_module_functions={"main_llm": {"logprob": LogProb()}})
     result = run_calls(caller, config.lamorel_args.llm_configs.main_llm.model_type)
     result["backend"] = type(caller).__module__ + "." + type(caller).__name__

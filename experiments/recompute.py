@@ -1,0 +1,67 @@
+"""Recompute every committed study's tables from its committed per-run data.
+
+    python experiments/recompute.py            # rewrite each study's results.md, results.json, claims.md, comparison.png
+    python experiments/recompute.py --check    # rewrite nothing; exit 1 naming each table that differs
+
+A study with per-run data is a folder `experiments/results/<study>/` holding
+`runs/<group>/seed<N>/` (each run's metrics.csv, eval.json, eval_start.json where the teacher
+learns, and config.yaml, as the run wrote them); its tables are what `bidir-compare` and
+`experiments/claims.py` make of those runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bidir.compare import load_runs, markdown, plot, summarize
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from claims import claims_table  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def studies(root: Path = RESULTS) -> list[Path]:
+    """The study folders that hold per-run data."""
+    return sorted(path.parent for path in root.glob("*/runs") if path.is_dir())
+
+
+def tables(study: Path) -> dict[str, str]:
+    """The study's tables recomputed from its runs: file name -> text."""
+    runs = load_runs([str(study / "runs" / "*" / "seed*")])
+    table = summarize(runs)
+    return {"results.md": markdown(table) + "\n", "results.json": json.dumps(table, indent=2),
+            "claims.md": claims_table(runs) + "\n"}
+
+
+def main(argv=None) -> int:
+    """CLI: rewrite the tables, or with --check report those that differ (exit 1)."""
+    parser = argparse.ArgumentParser(prog="recompute.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare with the committed tables, write nothing")
+    parser.add_argument("--root", type=Path, default=RESULTS, help="the folder of the studies")
+    options = parser.parse_args(argv)
+    found = studies(options.root)
+    if not found:
+        parser.exit(2, f"recompute.py: error: no study with per-run data (runs/) under {options.root}\n")
+    differing = []
+    for study in found:
+        for name, text in tables(study).items():
+            path = study / name
+            if options.check:
+                if not path.exists() or path.read_text() != text:
+                    differing.append(str(path))
+            else:
+                path.write_text(text)
+        if not options.check:
+            plot(load_runs([str(study / "runs" / "*" / "seed*")]), study / "comparison.png", title=study.name)
+        print(f"{study.name}: {'checked' if options.check else 'written'}")
+    for path in differing:
+        print(f"recompute.py: {path} differs from what its runs give (rerun without --check to rewrite it)",
+              file=sys.stderr)
+    return 1 if differing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""experiments/recompute.py: every committed study table is what its committed per-run data give,
+and a change to that data is caught."""
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+import recompute  # noqa: E402
+
+
+def test_committed_tables_are_recomputed_from_committed_runs(capsys):
+    assert recompute.studies(), "no committed study has per-run data"
+    assert recompute.main(["--check"]) == 0, capsys.readouterr().err
+
+
+def test_a_changed_run_is_caught(tmp_path, capsys):
+    study = recompute.studies()[0]
+    copy = tmp_path / study.name
+    shutil.copytree(study, copy)
+    metrics = sorted(copy.glob("runs/*/seed*/metrics.csv"))[0]
+    lines = metrics.read_text().splitlines()
+    header, last = lines[0].split(","), lines[-1].split(",")
+    column = header.index("return_mean")
+    last[column] = str(float(last[column]) / 2 if last[column] else 0.5)
+    metrics.write_text("\n".join(lines[:-1] + [",".join(last)]) + "\n")
+    assert recompute.main(["--check", "--root", str(tmp_path)]) == 1
+    assert f"{copy / 'results.md'} differs" in capsys.readouterr().err
+
+
+def test_no_study_is_an_error(tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        recompute.main(["--check", "--root", str(tmp_path)])
+    assert exit_.value.code == 2
