@@ -74,6 +74,7 @@ def check_config(config: DictConfig):
     from bidir.llm import under_lamorel_launcher
     from bidir.methods import get_method
     from bidir.models import check_llm_config, resolve_model_path
+    from bidir.prompts import configured_prompt_builder
 
     check_types(config)
     check_ranges(config)
@@ -102,6 +103,11 @@ def check_config(config: DictConfig):
             check_llm_config(llm)  # model_type matches the model; lora block and peft
         except (ValueError, OSError) as error:
             raise UsageError(str(error)) from None
+        try:
+            configured_prompt_builder(config)  # chat: the model's tokenizer has a chat template
+        except ValueError as error:
+            raise UsageError(f"rl_script_args.prompt_format={args.prompt_format}: {error} "
+                             f"({llm.model_path} has none); use prompt_format=glam") from None
     if config.wandb.mode == "online":
         check_wandb_login()
     check_resumable(config)
@@ -124,18 +130,29 @@ def check_types(config: DictConfig):
 
 
 def check_ranges(config: DictConfig):
-    """Numbers finite, values within RANGES, a known wandb.mode."""
+    """Numbers finite, values within RANGES, keys with choices (`choices_of_keys`) set to one of them."""
     for key, value in _leaves(OmegaConf.to_container(config, resolve=True)).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"{key} must be a finite number, got {value}")
-    if config.wandb.mode not in WANDB_MODES:
-        raise UsageError(f"wandb.mode must be one of {', '.join(WANDB_MODES)}, got {_show(config.wandb.mode)}")
+    for key, choices in choices_of_keys().items():
+        value = OmegaConf.select(config, key)
+        if value not in choices:
+            raise UsageError(f"{key} must be one of {', '.join(choices)}, got {_show(value)}")
     for key, (low, high) in RANGES.items():
         value = OmegaConf.select(config, key)
         if value is None or (low is None or value >= low) and (high is None or value <= high):
             continue
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise UsageError(f"{key} must be {bound}, got {value}")
+
+
+def choices_of_keys() -> dict[str, tuple]:
+    """Keys that take one of a few words, with those words."""
+    from bidir.prompts import PROMPT_FORMATS
+    from bidir.teacher_llm import CANDIDATE_SCORINGS
+
+    return {"wandb.mode": WANDB_MODES, "rl_script_args.prompt_format": PROMPT_FORMATS,
+            "lamorel_args.llm_configs.main_llm.candidate_scoring": CANDIDATE_SCORINGS}
 
 
 def check_writable(output_dir: Path):
