@@ -69,6 +69,11 @@ def assert_one_error_line(result, message, prefix="bidir: error:"):
     ("rl_script_args.reward_scale=inf", "rl_script_args.reward_scale must be a finite number, got inf"),
     ("rl_script_args.teacher_lr=-0.001", "rl_script_args.teacher_lr must be >= 0.0, got -0.001"),
     ("wandb.mode=sometimes", "wandb.mode must be one of offline, online, disabled, got 'sometimes'"),
+    ("rl_script_args.prompt_format=glm", "rl_script_args.prompt_format must be one of bidir, glam, chat, got 'glm'"),
+    ("lamorel_args.llm_configs.main_llm.candidate_scoring=median",
+     "lamorel_args.llm_configs.main_llm.candidate_scoring must be one of sum, mean, got 'median'"),
+    ("rl_script_args.prompt_format=chat", "rl_script_args.prompt_format=chat: prompt_format chat needs a model whose "
+                                          "tokenizer has a chat template"),
     ("method=glam", "unknown key 'method'; did you mean rl_script_args.method=glam?"),
     ("rl_script_args.iteration=3", "unknown key 'rl_script_args.iteration'; did you mean rl_script_args.iterations=3?"),
 ])
