@@ -115,9 +115,7 @@ def check_config(config: DictConfig):
 
 def check_types(config: DictConfig):
     """Every key documented in config.yaml holds a value of its default's type."""
-    documented = OmegaConf.load(DEFAULTS)
-    documented.pop("hydra")  # hydra's own settings, not in a composed config
-    defaults = _leaves(OmegaConf.to_container(documented, resolve=True))
+    defaults = _documented_defaults()
     for key, value in _leaves(OmegaConf.to_container(config, resolve=True)).items():
         default = defaults.get(key)
         if default is None:  # undocumented here, or open (null default)
@@ -190,6 +188,9 @@ def check_resumable(config: DictConfig):
                          f"{str(error).splitlines()[0]}); restore that file or choose a new "
                          f"rl_script_args.output_dir") from None
     new = _leaves(OmegaConf.to_container(config, resolve=True))
+    # A key added since the run was made stands at what the run did: new keys default to the old behaviour.
+    for key, default in _documented_defaults().items():
+        saved.setdefault(key, default)
     if saved.get(MODEL_PATH) != new.get(MODEL_PATH):  # a method without a teacher records the name unresolved
         saved[MODEL_PATH], new[MODEL_PATH] = _resolved(saved.get(MODEL_PATH)), _resolved(new.get(MODEL_PATH))
     missing = object()
@@ -200,6 +201,14 @@ def check_resumable(config: DictConfig):
         raise UsageError(f"output_dir {output_dir} holds a run with another configuration: "
                          f"{'; '.join(differences)}. Resume it with its own values ({saved_path}) or choose "
                          f"a new rl_script_args.output_dir")
+
+
+def _documented_defaults() -> dict:
+    """{"a.b.c": default} for every key documented in config.yaml (hydra's own settings aside)."""
+    documented = OmegaConf.load(DEFAULTS)
+    for hydras_own in ("hydra", "defaults"):  # not in a composed config
+        documented.pop(hydras_own)
+    return _leaves(OmegaConf.to_container(documented, resolve=True))
 
 
 def _same(a, b) -> bool:

@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from bidir.checks import quiet_libraries
+from bidir.compare import mean_ci
 from bidir.envs import INSTRUCTIONS, TextVecEnv, instruction_actions
 from bidir.evaluate import EVAL_SEED_BASE, play_episodes
 from bidir.models import resolve_model_path
@@ -108,16 +109,14 @@ def bot_episodes(instructions, episodes: int, seed: int) -> list[dict]:
 
 
 def summary(episodes: list[dict]) -> dict:
-    """n, mean return with a normal 95% CI, success rate with a Wilson 95% CI, mean length."""
-    returns = np.array([e["return"] for e in episodes], float)
-    n, successes = len(returns), sum(e["success"] for e in episodes)
-    half = 1.96 * returns.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
+    """n, mean return with its 95% CI, success rate with a Wilson 95% CI, mean length."""
+    n, successes = len(episodes), sum(e["success"] for e in episodes)
+    mean, half = mean_ci([e["return"] for e in episodes])  # the studies' CI (Student's t)
     p, z = successes / n, 1.96
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {"n": n, "return_mean": float(returns.mean()), "return_ci95": [float(returns.mean() - half),
-                                                                         float(returns.mean() + half)],
-            "success_rate": p, "success_ci95": [centre - spread, centre + spread],
+    return {"n": n, "return_mean": mean, "return_ci95": [mean - half, mean + half],
+            "success_rate": p, "success_ci95": [max(0.0, centre - spread), min(1.0, centre + spread)],
             "length_mean": float(np.mean([e["length"] for e in episodes]))}
 
 

@@ -159,6 +159,19 @@ def test_a_changed_budget_or_presentation_key_resumes(tmp_path):
     assert [line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]] == ["1", "2"]
 
 
+def test_a_run_made_before_a_key_existed_resumes_at_its_default(student_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(student_run, out)
+    saved = (out / "config.yaml").read_text()
+    assert "  prompt_format: bidir\n" in saved
+    (out / "config.yaml").write_text(saved.replace("  prompt_format: bidir\n", ""))
+    result, _ = run_train(out, "rl_script_args.method=student", "rl_script_args.iterations=2",
+                          "rl_script_args.prompt_format=glam")
+    assert_one_error_line(result, "rl_script_args.prompt_format ('bidir' there, 'glam' here)")
+    result, _ = run_train(out, "rl_script_args.method=student", "rl_script_args.iterations=2")
+    assert result.returncode == 0, result.stderr
+
+
 def test_resuming_a_run_whose_config_no_longer_parses_is_refused(student_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(student_run, out)
