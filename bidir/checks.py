@@ -77,6 +77,7 @@ def check_config(config: DictConfig):
     from bidir.llm import under_lamorel_launcher
     from bidir.methods import get_method
     from bidir.models import check_llm_config, resolve_model_path
+    from bidir.prompts import configured_prompt_builder
 
     check_types(config)
     check_ranges(config)
@@ -105,6 +106,11 @@ def check_config(config: DictConfig):
             check_llm_config(llm)  # model_type matches the model; lora block and peft
         except (ValueError, OSError) as error:
             raise UsageError(str(error)) from None
+        try:
+            configured_prompt_builder(config)  # chat: the model's tokenizer has a chat template
+        except ValueError as error:
+            raise UsageError(f"rl_script_args.prompt_format={args.prompt_format}: {error} "
+                             f"({llm.model_path} has none); use prompt_format=glam") from None
     if config.wandb.mode == "online":
         check_wandb_login()
     check_resumable(config)
@@ -112,9 +118,7 @@ def check_config(config: DictConfig):
 
 def check_types(config: DictConfig):
     """Every key documented in config.yaml holds a value of its default's type."""
-    documented = OmegaConf.load(DEFAULTS)
-    documented.pop("hydra")  # hydra's own settings, not in a composed config
-    defaults = _leaves(OmegaConf.to_container(documented, resolve=True))
+    defaults = _documented_defaults()
     for key, value in _leaves(OmegaConf.to_container(config, resolve=True)).items():
         default = defaults.get(key)
         if default is None:  # undocumented here, or open (null default)
@@ -127,18 +131,29 @@ def check_types(config: DictConfig):
 
 
 def check_ranges(config: DictConfig):
-    """Numbers finite, values within RANGES, a known wandb.mode."""
+    """Numbers finite, values within RANGES, keys with choices (`choices_of_keys`) set to one of them."""
     for key, value in _leaves(OmegaConf.to_container(config, resolve=True)).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"{key} must be a finite number, got {value}")
-    if config.wandb.mode not in WANDB_MODES:
-        raise UsageError(f"wandb.mode must be one of {', '.join(WANDB_MODES)}, got {_show(config.wandb.mode)}")
+    for key, choices in choices_of_keys().items():
+        value = OmegaConf.select(config, key)
+        if value not in choices:
+            raise UsageError(f"{key} must be one of {', '.join(choices)}, got {_show(value)}")
     for key, (low, high) in RANGES.items():
         value = OmegaConf.select(config, key)
         if value is None or (low is None or value >= low) and (high is None or value <= high):
             continue
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise UsageError(f"{key} must be {bound}, got {value}")
+
+
+def choices_of_keys() -> dict[str, tuple]:
+    """Keys that take one of a few words, with those words."""
+    from bidir.prompts import PROMPT_FORMATS
+    from bidir.teacher_llm import CANDIDATE_SCORINGS
+
+    return {"wandb.mode": WANDB_MODES, "rl_script_args.prompt_format": PROMPT_FORMATS,
+            "lamorel_args.llm_configs.main_llm.candidate_scoring": CANDIDATE_SCORINGS}
 
 
 def check_writable(output_dir: Path):
@@ -176,6 +191,9 @@ def check_resumable(config: DictConfig):
                          f"{str(error).splitlines()[0]}); restore that file or choose a new "
                          f"rl_script_args.output_dir") from None
     new = _leaves(OmegaConf.to_container(config, resolve=True))
+    # A key added since the run was made stands at what the run did: new keys default to the old behaviour.
+    for key, default in _documented_defaults().items():
+        saved.setdefault(key, default)
     if saved.get(MODEL_PATH) != new.get(MODEL_PATH):  # a method without a teacher records the name unresolved
         saved[MODEL_PATH], new[MODEL_PATH] = _resolved(saved.get(MODEL_PATH)), _resolved(new.get(MODEL_PATH))
     missing = object()
@@ -186,6 +204,14 @@ def check_resumable(config: DictConfig):
         raise UsageError(f"output_dir {output_dir} holds a run with another configuration: "
                          f"{'; '.join(differences)}. Resume it with its own values ({saved_path}) or choose "
                          f"a new rl_script_args.output_dir")
+
+
+def _documented_defaults() -> dict:
+    """{"a.b.c": default} for every key documented in config.yaml (hydra's own settings aside)."""
+    documented = OmegaConf.load(DEFAULTS)
+    for hydras_own in ("hydra", "defaults"):  # not in a composed config
+        documented.pop(hydras_own)
+    return _leaves(OmegaConf.to_container(documented, resolve=True))
 
 
 def _same(a, b) -> bool:

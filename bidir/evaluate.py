@@ -21,7 +21,7 @@ from bidir.checks import non_negative_int, positive_int, quiet_libraries
 from bidir.envs import TextVecEnv
 from bidir.methods import get_method
 from bidir.metrics import Phases
-from bidir.prompts import PromptHistory
+from bidir.prompts import PromptHistory, build_prompt
 from bidir.rollout import Acting, summarize_episodes
 from bidir.student import Student
 from bidir.teacher import start_teacher
@@ -51,15 +51,23 @@ def modes_for(method_name: str) -> list[str]:
 
 def evaluate(mode: str, env_id: str, instructions: list[str], episodes: int, seed: int, student=None,
              teacher=None, prompt_history: int = 1, device="cpu", teacher_every: int = 1) -> dict:
+    """Runs one episode per environment in `mode` (`play_episodes`); returns success_rate,
+    return_mean, episode_length_mean and episodes."""
+    return summarize_episodes(play_episodes(mode, env_id, instructions, episodes, seed, student, teacher,
+                                            prompt_history, device, teacher_every))
+
+
+def play_episodes(mode: str, env_id: str, instructions: list[str], episodes: int, seed: int, student=None,
+                  teacher=None, prompt_history: int = 1, device="cpu", teacher_every: int = 1) -> list[dict]:
     """Runs one episode per environment in `mode`, acting as training acts (bidir/rollout.py) with
     the message always shown and the student choosing (or, teacher alone, every instruction
-    executed); returns success_rate, return_mean, episode_length_mean and episodes."""
+    executed); returns each episode's return, length and success, env by env."""
     student_acts, consults_teacher = MODES[mode]
     envs = TextVecEnv(env_id, episodes, EVAL_SEED_BASE + seed, instructions)
     acting = Acting(teacher if consults_teacher else None, student if student_acts else None, episodes,
                     instructions, teacher_every, message_dropout=0.0, rng=np.random.default_rng(seed),
                     torch_rng=torch.Generator().manual_seed(seed), device=device)
-    history = PromptHistory(episodes, prompt_history)
+    history = PromptHistory(episodes, prompt_history, teacher.build_prompt if teacher else build_prompt)
     obs, infos = envs.reset()
     for env, info in enumerate(infos):
         history.start(env, info)
@@ -76,7 +84,7 @@ def evaluate(mode: str, env_id: str, instructions: list[str], episodes: int, see
             bar.update(1)
     envs.close()
     bar.close()
-    return summarize_episodes(results)
+    return results
 
 
 def evaluate_all(method_name: str, args, student, teacher, episodes: int, seed: int = 0) -> dict:

@@ -14,6 +14,7 @@ from bidir.critique import teacher_targets
 from bidir.llm import make_caller, under_lamorel_launcher
 from bidir.methods import Method
 from bidir.ppo import gae
+from bidir.prompts import PromptBuilder, build_prompt, configured_prompt_builder
 from bidir.teacher_llm import TeacherInitializer, TeacherPPOSettings, TeacherPPOUpdater, teacher_module_functions
 
 TEACHER_CHECKPOINT = "teacher.pt"
@@ -39,7 +40,7 @@ def start_teacher(config, method: Method, checkpoint: Path | None = None) -> Tea
     if not method.teacher:
         caller.close()
         return None
-    teacher = Teacher(caller, list(args.instructions))
+    teacher = Teacher(caller, list(args.instructions), configured_prompt_builder(config))
     if checkpoint and (checkpoint / TEACHER_CHECKPOINT).exists():
         teacher.load(checkpoint / TEACHER_CHECKPOINT)
     return teacher
@@ -107,11 +108,13 @@ class Teacher:
     """Client side of the teacher: messages (pi_T, V_T) for prompts, updates and checkpoints.
 
     Within an iteration the teacher's weights are fixed, so a prompt seen before gets the same
-    answer: outputs are memoized until `forget()` (called after each update)."""
+    answer: outputs are memoized until `forget()` (called after each update). `build_prompt`
+    writes its prompts (the format it is asked in, bidir/prompts.py)."""
 
-    def __init__(self, caller, instructions: list[str]):
+    def __init__(self, caller, instructions: list[str], build_prompt: PromptBuilder = build_prompt):
         self.caller = caller
         self.instructions = list(instructions)
+        self.build_prompt = build_prompt
         self.memo: dict[str, tuple[np.ndarray, float]] = {}
         self.llm_contexts = 0  # contexts actually sent to the LLM, for speed accounting
 

@@ -22,8 +22,14 @@ from bidir.lora import add_lora, load_trainable_state, lora_settings, trainable_
 from bidir.ppo import approx_kl_and_clipfrac, masked_mean, policy_loss, value_loss
 
 
+CANDIDATE_SCORINGS = ("sum", "mean")
+"""How a candidate's token log-probabilities make its score (llm config `candidate_scoring`)."""
+
+
 class InstructionLogProbs(BaseModuleFunction):
-    """log pi(candidate | context): the sum of the candidate's token log-probabilities.
+    """A candidate's score, log pi(candidate | context) up to normalization: the sum of its token
+    log-probabilities (`candidate_scoring: sum`, the default, also where the key is absent), or
+    their mean (`mean`), which does not favour candidates of fewer tokens.
     Lamorel's built-in `__score` returns probabilities, which underflow; RL needs logs."""
 
     def initialize(self):
@@ -33,8 +39,11 @@ class InstructionLogProbs(BaseModuleFunction):
         """Returns a (B,) tensor of candidate log-probabilities."""
         logits, tokens = candidate_logits_and_tokens(self.llm_config, forward_outputs, minibatch, tokenized_contexts)
         logprobs = torch.log_softmax(logits.float(), dim=-1).gather(2, tokens.unsqueeze(-1)).squeeze(-1)
-        logprobs = logprobs.masked_fill(tokens == self.llm_config.pad_token, 0.0)
-        return logprobs.sum(-1).cpu()
+        real = tokens != self.llm_config.pad_token
+        total = logprobs.masked_fill(~real, 0.0).sum(-1)
+        if self.llm_config.get("candidate_scoring", "sum") == "mean":
+            total = total / real.sum(-1).clamp(min=1)
+        return total.cpu()
 
 
 class TeacherValueHead(BaseModuleFunction):

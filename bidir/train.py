@@ -34,7 +34,7 @@ from bidir.evaluate import agents_row
 from bidir.methods import Method, get_method
 from bidir.metrics import MetricsLog, Phases
 from bidir.ppo import anneal, gae
-from bidir.prompts import PromptHistory
+from bidir.prompts import PromptHistory, build_prompt
 from bidir.report import evaluate_teacher_at_start, finish_run
 from bidir.rollout import Acting, Rollout, collect, summarize_episodes
 from bidir.student import Student, StudentPPOSettings, training_batch, update_student
@@ -67,7 +67,8 @@ class Trainer:
         k = len(args.instructions)
         self.student = Student(k, k).to(args.device) if method.student else None
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=args.student_lr) if self.student else None
-        self.history = PromptHistory(args.n_envs, args.prompt_history)
+        self.history = PromptHistory(args.n_envs, args.prompt_history,
+                                     teacher.build_prompt if teacher else build_prompt)
         self.acting = Acting(teacher, self.student, args.n_envs, list(args.instructions), args.teacher_every,
                              args.message_dropout, self.rng, self.torch_rng, args.device)
         self.iteration, self.frames, self.wall_time, self.wandb_id = 0, 0, 0.0, None

@@ -69,6 +69,11 @@ def assert_one_error_line(result, message, prefix="bidir: error:"):
     ("rl_script_args.reward_scale=inf", "rl_script_args.reward_scale must be a finite number, got inf"),
     ("rl_script_args.teacher_lr=-0.001", "rl_script_args.teacher_lr must be >= 0.0, got -0.001"),
     ("wandb.mode=sometimes", "wandb.mode must be one of offline, online, disabled, got 'sometimes'"),
+    ("rl_script_args.prompt_format=glm", "rl_script_args.prompt_format must be one of bidir, glam, chat, got 'glm'"),
+    ("lamorel_args.llm_configs.main_llm.candidate_scoring=median",
+     "lamorel_args.llm_configs.main_llm.candidate_scoring must be one of sum, mean, got 'median'"),
+    ("rl_script_args.prompt_format=chat", "rl_script_args.prompt_format=chat: prompt_format chat needs a model whose "
+                                          "tokenizer has a chat template"),
     ("method=glam", "unknown key 'method'; did you mean rl_script_args.method=glam?"),
     ("rl_script_args.iteration=3", "unknown key 'rl_script_args.iteration'; did you mean rl_script_args.iterations=3?"),
 ])
@@ -152,6 +157,19 @@ def test_a_changed_budget_or_presentation_key_resumes(tmp_path):
                           "rl_script_args.keep_checkpoints=1", "wandb.project=elsewhere")
     assert result.returncode == 0, result.stderr
     assert [line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]] == ["1", "2"]
+
+
+def test_a_run_made_before_a_key_existed_resumes_at_its_default(student_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(student_run, out)
+    saved = (out / "config.yaml").read_text()
+    assert "  prompt_format: bidir\n" in saved
+    (out / "config.yaml").write_text(saved.replace("  prompt_format: bidir\n", ""))
+    result, _ = run_train(out, "rl_script_args.method=student", "rl_script_args.iterations=2",
+                          "rl_script_args.prompt_format=glam")
+    assert_one_error_line(result, "rl_script_args.prompt_format ('bidir' there, 'glam' here)")
+    result, _ = run_train(out, "rl_script_args.method=student", "rl_script_args.iterations=2")
+    assert result.returncode == 0, result.stderr
 
 
 def test_resuming_a_run_whose_config_no_longer_parses_is_refused(student_run, tmp_path):
