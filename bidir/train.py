@@ -123,10 +123,9 @@ class Trainer:
                                     args.lam)
                 metrics.update(teacher_ppo_rows=int(rows.ppo.sum()), teacher_imitation_rows=int((rows.imitation > 0).sum()))
                 metrics.update(self.teacher.update(rows.shuffled(self.rng)))
-        for name, value in metrics.items():
-            if not math.isfinite(value):
-                raise FloatingPointError(f"{name} is {value} at iteration {self.iteration + 1}; "
-                                         f"the last good checkpoint is kept")
+        diverged = [f"{name} is {value}" for name, value in metrics.items() if not math.isfinite(value)]
+        if diverged:
+            raise FloatingPointError(", ".join(diverged))
         return metrics
 
     def state(self) -> dict:
@@ -209,7 +208,11 @@ def run_iterations(trainer: Trainer, metrics: MetricsLog, stop: StopSignals, out
         while trainer.iteration < args.iterations and not stop.received:
             started, phases = time.perf_counter(), Phases()
             rollout, episodes = trainer.collect(phases)
-            row = trainer.update(rollout, phases)
+            try:
+                row = trainer.update(rollout, phases)
+            except FloatingPointError as error:  # a diverged loss: nothing of this iteration is kept
+                raise FloatingPointError(f"{error} at iteration {trainer.iteration + 1}; the last good "
+                                         f"checkpoint is kept") from None
             trainer.iteration += 1
             if args.eval_every and (trainer.iteration in (1, args.iterations)
                                     or trainer.iteration % args.eval_every == 0):

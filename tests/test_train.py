@@ -2,6 +2,7 @@
 resume equality, and a checkpoint's evaluation."""
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -89,15 +90,19 @@ def test_reloaded_checkpoint_gives_the_same_evaluation(tmp_path):
     assert evaluate_all("bidir", config.rl_script_args, student, teacher, episodes=4) == in_process
 
 
-def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-    out = tmp_path / "nan"
+def test_a_diverged_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "diverged"
     train(small_config(out, "student", "rl_script_args.iterations=1", "rl_script_args.eval_episodes=0"))
-    saved = out / "config.yaml"  # the same run, whose rewards turn NaN from iteration 1 on
-    saved.write_text(saved.read_text().replace("reward_scale: 1.0", "reward_scale: .nan"))
-    with pytest.raises(FloatingPointError, match="student_.* is nan at iteration 2"):
-        train(small_config(out, "student", "rl_script_args.iterations=3", "rl_script_args.reward_scale=nan"))
-    assert sorted(p.name for p in (out / "checkpoints").glob("iter_*[0-9]")) == ["iter_000001"]
-    assert [r["iteration"] for r in read_rows(out / "metrics.csv")] == ["1"]
+    saved = out / "config.yaml"  # the same run, whose rewards overflow float32 from iteration 2 on
+    saved.write_text(saved.read_text().replace("reward_scale: 1.0", "reward_scale: 1.0e+38"))
+    with pytest.raises(FloatingPointError, match=r"student_value_loss is (inf|nan) at iteration \d; the last good "
+                                                 r"checkpoint is kept") as error:
+        train(small_config(out, "student", "rl_script_args.iterations=4", "rl_script_args.reward_scale=1e38"))
+    diverged = int(re.search(r"at iteration (\d)", str(error.value)).group(1))  # the first reward overflows
+    assert diverged > 1
+    kept = [f"iter_{i:06d}" for i in range(1, diverged)]
+    assert sorted(p.name for p in (out / "checkpoints").glob("iter_*[0-9]")) == kept[-3:]
+    assert [int(r["iteration"]) for r in read_rows(out / "metrics.csv")] == list(range(1, diverged))
 
 
 def test_a_truncated_checkpoint_is_skipped_for_the_previous_one(tmp_path):
