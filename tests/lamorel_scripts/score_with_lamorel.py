@@ -1,6 +1,6 @@
 """Scores fixed prompts with the LLM behind `bidir.llm.make_caller` and dumps them as JSON.
 
-Run by tests/test_lamorel.py under `lamorel_launcher` (1 RL + 1 LLM process); the test
+Run by tests/test_lamorel.py under `lamorel_launcher` (1 RL + 1 or 2 LLM processes); the test
 recomputes the same calls with LocalCaller and compares. With `rl_script_args.gloo_threads_dir`
 every process records, as it exits, the gloo threads it still runs.
 """
