@@ -51,7 +51,7 @@ def test_a_signal_stops_after_a_checkpoint_and_the_run_resumes(tmp_path, signum,
 
     resumed = subprocess.run(command(out, len(done) + 1), capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
-    assert iterations_logged(out) == list(range(len(done) + 1))
+    assert iterations_logged(out) == list(range(1, len(done) + 2))
 
 
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path):
