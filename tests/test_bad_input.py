@@ -10,7 +10,7 @@ import time
 import pytest
 
 TINY = ["rl_script_args.n_envs=2", "rl_script_args.steps_per_iteration=16", "rl_script_args.eval_episodes=0",
-        "wandb.mode=disabled"]
+        "rl_script_args.eval_every=0", "wandb.mode=disabled"]
 
 
 def run(*command, env=None, timeout=120):

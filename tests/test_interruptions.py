@@ -16,7 +16,7 @@ from bidir.train import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 def command(output_dir, iterations):
     return [sys.executable, "-m", "bidir.train", f"rl_script_args.output_dir={output_dir}",
             "rl_script_args.method=student", f"rl_script_args.iterations={iterations}", "rl_script_args.n_envs=2",
-            "rl_script_args.steps_per_iteration=16", "rl_script_args.eval_episodes=0", "wandb.mode=disabled"]
+            "rl_script_args.steps_per_iteration=16", "rl_script_args.eval_episodes=0", "rl_script_args.eval_every=0", "wandb.mode=disabled"]
 
 
 def iterations_logged(output_dir):

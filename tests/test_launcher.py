@@ -48,7 +48,7 @@ ATOL, RTOL = 2e-6, 1e-6
 
 SMALL = ["rl_script_args.iterations=2", "rl_script_args.n_envs=2", "rl_script_args.steps_per_iteration=32",
          "rl_script_args.seed=3", "lamorel_args.llm_configs.main_llm.model_path=tiny-t5", "wandb.mode=disabled",
-         "rl_script_args.eval_episodes=0"]
+         "rl_script_args.eval_episodes=0", "rl_script_args.eval_every=0"]
 TWO_SERVERS = ["lamorel_args.distributed_setup_args.llm_processes.main_llm.n_processes=2",
                "lamorel_args.distributed_setup_args.llm_processes.main_llm.devices_per_process=[cpu,cpu]"]
 ONE_MINIBATCH = ["rl_script_args.teacher_minibatch_size=32"]  # = transitions per iteration (32 queries)
@@ -164,7 +164,7 @@ def finished(run: Run) -> list[dict]:
     code = run.wait()
     assert code == 0, f"{run.name} exited with {code}:\n{run.log()}"
     rows = run.rows()
-    assert [int(r["iteration"]) for r in rows] == [0, 1], run.log()
+    assert [int(r["iteration"]) for r in rows] == [1, 2], run.log()
     assert [int(r["frames"]) for r in rows] == [32, 64]
     return rows
 

@@ -24,7 +24,7 @@ os.environ.setdefault("SLURM_CONF", "/tmp/bidir-slurm/slurm.conf")
 
 # A small real run: offline teacher, CPU, 2 envs, 64 frames per iteration.
 SMALL_RUN = ["rl_script_args.n_envs=2", "rl_script_args.steps_per_iteration=64",
-             "rl_script_args.eval_episodes=0", "wandb.mode=disabled"]
+             "rl_script_args.eval_episodes=0", "rl_script_args.eval_every=0", "wandb.mode=disabled"]
 
 
 def _cluster_up() -> str | None:

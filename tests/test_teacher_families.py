@@ -186,7 +186,7 @@ CAUSAL_OVERRIDES = ["lamorel_args.llm_configs.main_llm.model_type=causal",
 @needs_peft
 @pytest.mark.parametrize("shape", ["tiny-qwen2", "tiny-t5"])
 def test_resumed_lora_run_equals_uninterrupted_run(tmp_path, shape):
-    overrides = [f"lamorel_args.llm_configs.main_llm.model_path={shape}", "rl_script_args.eval_episodes=0",
+    overrides = [f"lamorel_args.llm_configs.main_llm.model_path={shape}", "rl_script_args.eval_episodes=0", "rl_script_args.eval_every=0",
                  *LORA_OVERRIDES, *(CAUSAL_OVERRIDES if FAMILIES[shape] == "causal" else [])]
     whole, split = tmp_path / "whole", tmp_path / "split"
     train(small_config(whole, "bidir", *overrides, "rl_script_args.iterations=4"))
