@@ -247,22 +247,33 @@ def resolve_model_path(name_or_path: str, cache_dir=None) -> str:
 def check_llm_config(llm_config, key: str = "lamorel_args.llm_configs.main_llm") -> None:
     """Fails fast (ValueError, naming the override to use) when `model_type` does not match the
     resolved model's architecture, when causal pre-encoding is asked under lamorel_launcher (Lamorel
-    v0.3's fails on transformers 5), or when the lora block is malformed or peft is missing."""
+    v0.3's fails on transformers 5), or when the lora block is malformed (`layers` beyond the
+    model's) or peft is missing."""
     from bidir.llm import under_lamorel_launcher
     from bidir.lora import lora_settings
 
     actual = model_type_of(llm_config.model_path)
     if llm_config.model_type != actual:
+        fix = f"{key}.model_type={actual}" + (f" {key}.pre_encode_inputs=false" if actual == "causal" else "")
         raise ValueError(f"{llm_config.model_path} is a {actual} model but model_type is "
-                         f"{llm_config.model_type!r}: set {key}.model_type={actual}")
+                         f"{llm_config.model_type!r}: set {fix}")
     if actual == "causal" and llm_config.get("pre_encode_inputs") and under_lamorel_launcher():
         raise ValueError(f"Lamorel v0.3 cannot pre-encode causal contexts on transformers 5: set "
                          f"{key}.pre_encode_inputs=false")
-    if lora_settings(llm_config)["enabled"]:
+    settings = lora_settings(llm_config)
+    if settings["enabled"]:
         try:
             import peft  # noqa: F401
         except ImportError:
             raise ValueError(f"{key}.lora.enabled needs peft: pip install peft (or the [lora] extra)") from None
+    if settings["enabled"] and settings["layers"] is not None:
+        from transformers import AutoConfig
+
+        layers = AutoConfig.from_pretrained(llm_config.model_path).get_text_config().num_hidden_layers
+        if isinstance(settings["layers"], bool) or not isinstance(settings["layers"], int) \
+                or not 1 <= settings["layers"] <= layers:
+            raise ValueError(f"{key}.lora.layers must be an integer from 1 to the model's {layers} layers, "
+                             f"got {settings['layers']!r}")
 
 
 def _build_atomically(target: Path, shape: str = OFFLINE_TEACHER):
