@@ -5,7 +5,8 @@
 
 Variants of one teacher (LoRA r=8, the teacher's module functions, in-process), timed on the same
 BabyAI-Text prompts (random play in BabyAI-GoToRedBallNoDists-v0, 6 instructions), interleaved
-(each repetition runs every variant once, in turn; the table gives the median):
+(each repetition runs every variant once, in turn; the table gives the median; on CPU the seconds
+are the process's CPU time, which a loaded machine does not inflate):
 - `full-sequence`: today's path, one full sequence per (prompt, instruction) (`shared_prefix=false`);
 - `shared-prefix`: each prompt once, LM head at the instructions' tokens (same numbers);
 - `top-K cold` / `top-K warm`: LoRA on the top K layers only, the frozen layers' cache empty / filled.
@@ -73,12 +74,16 @@ def scorer_of(module):
 
 
 def timed(fn, device):
-    if device != "cpu":
-        torch.cuda.synchronize()
+    """Seconds of `fn`: on CPU the process's CPU time (one thread: what a quiet core takes, whatever
+    the machine's load), on GPU wall time."""
+    if device == "cpu":
+        started = time.process_time()
+        fn()
+        return time.process_time() - started
+    torch.cuda.synchronize()
     started = time.perf_counter()
     fn()
-    if device != "cpu":
-        torch.cuda.synchronize()
+    torch.cuda.synchronize()
     return time.perf_counter() - started
 
 
@@ -105,7 +110,7 @@ def lm_head_times(module, prompts, device):
     states = torch.randn(len(rows), width, hf.config.hidden_size, device=device, requires_grad=True)
     head = hf.get_output_embeddings()
     candidate_tokens = sum(len(tokenizer(i, add_special_tokens=False)["input_ids"]) for i in INSTRUCTIONS)
-    picked = states[:, :max(1, candidate_tokens * len(prompts) // len(rows))]
+    picked = states[:, :max(1, round(candidate_tokens / len(INSTRUCTIONS)))]  # as many positions as tokens
 
     def run(hidden):
         def step():
@@ -140,11 +145,13 @@ def main():
     for _ in range(args.repeats):
         for name, module in variants.items():
             if name.endswith("cold"):
-                scorer_of(module).cache.entries.clear()
+                scorer_of(module).cache.clear()
+            if name.endswith("warm"):
+                score(module, prompts)  # every prompt cached (untimed)
             with autocast:
                 times[name]["score"].append(timed(lambda: score(module, prompts), args.device))
                 if name.endswith("cold"):
-                    scorer_of(module).cache.entries.clear()
+                    scorer_of(module).cache.clear()
                 times[name]["gradient"].append(
                     timed(lambda: gradient_step(module, prompts[:args.gradient_batch]), args.device))
         head_times.append(lm_head_times(variants["full-sequence"], prompts[:args.gradient_batch], device))
@@ -155,7 +162,8 @@ def main():
           f"{torch.__version__}, {args.threads} thread(s), {args.model}, LoRA r=8, {args.prompts} prompts x "
           f"{len(INSTRUCTIONS)} instructions, gradient batch {args.gradient_batch}, median of {args.repeats}"
           f"{', bf16 autocast' if args.autocast else ''}; peak RSS {rss:.0f} MB\n")
-    print("| variant | scoring s | forward+backward s | scoring speed-up | fwd+bwd speed-up |\n|---|---:|---:|---:|---:|")
+    print("| variant | scoring s | forward+backward s | scoring speed-up | fwd+bwd speed-up |\n"
+          "|---|---:|---:|---:|---:|")
     base = {k: statistics.median(v) for k, v in times["full-sequence"].items()}
     result = {"machine": machine, "args": vars(args), "peak_rss_mb": rss, "variants": {}}
     for name, t in times.items():

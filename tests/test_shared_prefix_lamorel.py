@@ -30,7 +30,8 @@ def test_lamorel_shared_prefix_matches_local_full_sequences(tmp_path):
     command = [sys.executable, "-m", "lamorel_launcher.launch", "--config-path", str(SCRIPTS),
                "--config-name", "teacher_config", f"rl_script_args.path={SCRIPTS / 'teacher_with_lamorel.py'}",
                f"rl_script_args.output={tmp_path / 'out.json'}", f"lamorel_args.llm_configs.main_llm.model_path={path}"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     under_lamorel = json.loads((tmp_path / "out.json").read_text())

@@ -80,7 +80,8 @@ class SharedPrefixScoring:
             prefix, answers = self.cache.lookup(self, prefix_ids[first], prefix_mask[first], input_ids[:, split:],
                                                 attention_mask[:, split:], inverse, frozen)
         else:
-            prefix, answers = self.decoder.embed_tokens(prefix_ids[first]), self.decoder.embed_tokens(input_ids[:, split:])
+            embed = self.decoder.embed_tokens
+            prefix, answers = embed(prefix_ids[first]), embed(input_ids[:, split:])
         _, answers = self.run_layers(frozen, len(self.decoder.layers), prefix, prefix_mask[first], answers,
                                      attention_mask, inverse)
         return self.decoder.norm(answers)
@@ -169,6 +170,11 @@ class FrozenOutputs:
         self.entries: OrderedDict[tuple, dict] = OrderedDict()
         self.bytes = 0
 
+    def clear(self):
+        """Forgets every prompt."""
+        self.entries.clear()
+        self.bytes = 0
+
     def lookup(self, scoring, prefix_ids, prefix_mask, answer_ids, answer_mask, inverse, frozen):
         """Inputs of layer `frozen` for the distinct prefixes (U, P, H, left-padded) and the rows'
         answer parts (B, A, H, right-padded), computing what the cache lacks."""
@@ -176,19 +182,20 @@ class FrozenOutputs:
         prefix = torch.zeros(*prefix_ids.shape, width, dtype=scoring.decoder.embed_tokens.weight.dtype,
                              device=prefix_ids.device)
         answers = prefix.new_zeros(*answer_ids.shape, width)
+        attended = lambda ids, mask: tuple(ids[mask.bool()].tolist())  # noqa: E731
+        row_answers = [attended(ids, mask) for ids, mask in zip(answer_ids, answer_mask)]
         for u in range(len(prefix_ids)):
-            context = tuple(prefix_ids[u][prefix_mask[u].bool()].tolist())
+            context = attended(prefix_ids[u], prefix_mask[u])
             rows = (inverse == u).nonzero()[:, 0].tolist()
-            wanted = {tuple(answer_ids[r][answer_mask[r].bool()].tolist()) for r in rows}
+            wanted = {row_answers[r] for r in rows}
             entry = self.entries.get(context)
             if entry is None or not wanted <= entry.keys():
                 entry = self._compute(scoring, context, wanted | (set(entry or ()) - {"prefix"}), frozen)
             self.entries.move_to_end(context)
-            if len(context):
+            if context:
                 prefix[u, -len(context):] = entry["prefix"]
             for r in rows:
-                part = entry[tuple(answer_ids[r][answer_mask[r].bool()].tolist())]
-                answers[r, :len(part)] = part
+                answers[r, :len(row_answers[r])] = entry[row_answers[r]]
         return prefix, answers
 
     @torch.no_grad()
@@ -201,9 +208,9 @@ class FrozenOutputs:
         mask = torch.tensor([[1] * len(context) + [1] * len(a) + [0] * (width - len(a)) for a in answer_tokens],
                             device=device)
         embed = scoring.decoder.embed_tokens
-        prefix, answers = scoring.run_layers(
-            0, frozen, embed(torch.tensor([context], dtype=torch.long, device=device)), mask[:1, :len(context)], embed(ids), mask,
-            torch.zeros(len(answer_tokens), dtype=torch.long, device=device))
+        prompt = embed(torch.tensor([context], dtype=torch.long, device=device))
+        prefix, answers = scoring.run_layers(0, frozen, prompt, mask[:1, :len(context)], embed(ids), mask,
+                                             torch.zeros(len(answer_tokens), dtype=torch.long, device=device))
         entry = {"prefix": prefix[0]} | {a: answers[i, :len(a)].clone() for i, a in enumerate(answer_tokens)}
         if context in self.entries:
             self.bytes -= _size(self.entries.pop(context))
