@@ -110,7 +110,8 @@ def lm_head_times(module, prompts, device):
     states = torch.randn(len(rows), width, hf.config.hidden_size, device=device, requires_grad=True)
     head = hf.get_output_embeddings()
     candidate_tokens = sum(len(tokenizer(i, add_special_tokens=False)["input_ids"]) for i in INSTRUCTIONS)
-    picked = states[:, :max(1, round(candidate_tokens / len(INSTRUCTIONS)))]  # as many positions as tokens
+    # as many positions as the instructions have tokens, gathered into one matrix as token_logprobs does
+    picked = states[:, :max(1, round(candidate_tokens / len(INSTRUCTIONS)))].reshape(-1, states.shape[-1])
 
     def run(hidden):
         def step():
