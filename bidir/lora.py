@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-LORA_DEFAULTS = {"enabled": False, "r": 8, "alpha": 16.0, "target_modules": None, "layers": None, "adapter_path": None}
+LORA_DEFAULTS = {"enabled": False, "r": 8, "alpha": 16.0, "target_modules": None, "layers": None,
+                 "adapter_path": None}
 
 
 def lora_settings(llm_config) -> dict:
@@ -36,8 +37,8 @@ def add_lora(model, settings: dict, seed: int = 0):
     A fresh adapter (`target_modules` null: peft's default for the model family, e.g. T5 q, v;
     GPT-2 c_attn; Llama/Qwen2 q_proj, v_proj) is initialised under `seed`, so every backend and
     every server starts from the same adapter, on every layer or on the top `layers` only;
-    `adapter_path` loads a saved one instead (e.g. from
-    `bidir-teacher pretrain --lora`). Module functions (the value head) stay trainable.
+    `adapter_path` loads a saved one instead (e.g. from `bidir-teacher pretrain --lora`). Module
+    functions (the value head) stay trainable.
     """
     from peft import LoraConfig, PeftModel, get_peft_model
 

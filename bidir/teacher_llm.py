@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bidir.llm import (BaseModelInitializer, BaseModuleFunction, BaseUpdater, SharedPrefixScoring, answer_start_state,
-                       candidate_token_logprobs, supports_shared_prefix)
+from bidir.llm import (BaseModelInitializer, BaseModuleFunction, BaseUpdater, answer_start_state,
+                       candidate_token_logprobs, install_shared_prefix, supports_shared_prefix)
 from bidir.lora import add_lora, load_trainable_state, lora_settings, trainable_parameters, trainable_state
 from bidir.ppo import approx_kl_and_clipfrac, masked_mean, policy_loss, value_loss
 
@@ -86,7 +86,7 @@ class TeacherInitializer(BaseModelInitializer):
         hf_model = hf_model.get_base_model() if hasattr(hf_model, "get_base_model") else hf_model  # peft
         if (self.llm_config.model_type == "causal" and self.llm_config.get("shared_prefix", True)
                 and supports_shared_prefix(hf_model)):
-            SharedPrefixScoring(hf_model, self.llm_config.get("frozen_cache_mb", 1024))
+            install_shared_prefix(hf_model, self.llm_config.get("frozen_cache_mb", 1024))
         return model
 
 

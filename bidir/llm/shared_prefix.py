@@ -6,8 +6,8 @@ per (context, candidate) pair, context[:-1] left-padded then context[-1] + candi
 and the LM head at every position. A teacher reads one prompt and scores six short instructions:
 nearly all of that work repeats the prompt, and the LM head (SmolLM2's: 49,152 x 576) is wasted
 everywhere but at the instructions' tokens. `SharedPrefixScoring`, installed on the model's forward
-by the teacher's initializer on both backends, leaves the work to the module functions, which
-know where the contexts end (`SharedPrefixOutputs`):
+by the teacher's initializer on both backends (`install_shared_prefix`), leaves the work to the
+module functions, which know where the contexts end (`SharedPrefixOutputs`):
 - each distinct context[:-1] of a minibatch runs once; its candidates' rows (context[-1] +
   candidate) then run on its keys and values;
 - the LM head runs only where it predicts a candidate token;
@@ -33,9 +33,18 @@ def supports_shared_prefix(hf_model) -> bool:
     return all(hasattr(decoder, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb"))
 
 
+def install_shared_prefix(hf_model, cache_mb: float) -> SharedPrefixScoring:
+    """Installs shared-prefix scoring as `hf_model.forward` (with a cache of `cache_mb` MiB for the
+    frozen layers' outputs); returns it."""
+    scoring = SharedPrefixScoring(hf_model, cache_mb)
+    hf_model.forward = scoring.forward
+    return scoring
+
+
 class SharedPrefixScoring:
-    """Replaces `hf_model.forward` for scoring calls (ids and attention mask only); any other call
-    (generate, a key/value cache) goes to the forward it replaced."""
+    """The forward `install_shared_prefix` puts in place of `hf_model.forward`: scoring calls (ids and
+    attention mask only) are left to the module functions; any other call (generate, a key/value
+    cache) goes to the forward it replaced."""
 
     def __init__(self, hf_model, cache_mb: float):
         self.hf_model = hf_model
@@ -45,7 +54,6 @@ class SharedPrefixScoring:
         # transformers 5 renamed the layers' `past_key_values` argument to `cache`
         self.cache_arg = "cache" if "cache" in inspect.signature(self.decoder.layers[0].forward).parameters \
             else "past_key_values"
-        hf_model.forward = self.forward
 
     def forward(self, input_ids=None, attention_mask=None, output_hidden_states=None, **kwargs):
         """The installed forward: `SharedPrefixOutputs` for a scoring call, else the model's own."""
