@@ -1,8 +1,12 @@
 """The shared-prefix scoring of causal teachers (bidir/llm/shared_prefix.py) gives the full-sequence
 path's log-probabilities, values and gradients, to float tolerance, on a tiny Llama: fully
 fine-tuned, LoRA on every layer, and LoRA on the top layers with the frozen layers' outputs cached
-(first call and cache hits), across minibatch boundaries and contexts of different lengths; and a
-PPO update through it leaves the same weights."""
+(first call and cache hits), across minibatch boundaries and contexts of different lengths; a
+PPO update through it leaves the same weights; and a run resumed with an empty cache gives the
+uninterrupted run's metrics.csv."""
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +17,10 @@ from bidir.models import build_model
 from bidir.prompts import build_prompt
 from bidir.teacher import Teacher, TeacherRows
 from bidir.teacher_llm import TeacherInitializer, TeacherPPOSettings, TeacherPPOUpdater, teacher_module_functions
+from bidir.train import train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import read_rows, small_config, timing  # noqa: E402
 
 pytest.importorskip("peft")
 
@@ -103,3 +111,16 @@ def test_same_ppo_update(model_path, case):
         weights.append({name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad})
     for name, value in weights[1].items():
         torch.testing.assert_close(value, weights[0][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_resumed_run_with_cached_frozen_layers_equals_uninterrupted_run(tmp_path):
+    """Cached values are computed per prompt alone, so a resumed run's empty cache changes nothing."""
+    key = "lamorel_args.llm_configs.main_llm"
+    overrides = [f"{key}.model_path=tiny-llama", f"{key}.model_type=causal", f"{key}.pre_encode_inputs=false",
+                 f"{key}.lora.enabled=true", f"{key}.lora.r=4", f"{key}.lora.layers=2", "rl_script_args.eval_episodes=0"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(small_config(whole, "bidir", *overrides, "rl_script_args.iterations=3"))
+    train(small_config(split, "bidir", *overrides, "rl_script_args.iterations=1"))
+    train(small_config(split, "bidir", *overrides, "rl_script_args.iterations=3"))
+    strip = lambda rows: [{k: v for k, v in r.items() if not timing(k)} for r in rows]  # noqa: E731
+    assert strip(read_rows(split / "metrics.csv")) == strip(read_rows(whole / "metrics.csv"))
