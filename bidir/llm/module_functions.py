@@ -2,7 +2,10 @@
 functions read (Lamorel's `server/llms/module_functions`)."""
 from __future__ import annotations
 
+import torch
+
 from bidir.llm.base import BaseModuleFunction
+from bidir.llm.shared_prefix import SharedPrefixOutputs
 
 
 class ProbabilityScore(BaseModuleFunction):
@@ -23,10 +26,37 @@ def candidate_logits_and_tokens(llm_config, forward_outputs, minibatch, tokenize
     seq2seq: decoder input is [pad] + candidate. causal: the minibatch is context[:-1] + (context[-1]
     + candidate), contexts padded to one length; with `pre_encode_inputs` only the second part.
     """
+    tokens = candidate_tokens(llm_config, minibatch, tokenized_contexts)
     if llm_config.model_type == "seq2seq":
-        return forward_outputs["logits"][:, :-1, :], minibatch["decoder_input_ids"][:, 1:]
-    start = causal_context_end(llm_config, tokenized_contexts)
-    return forward_outputs["logits"][:, start:-1, :], minibatch["input_ids"][:, start + 1:]
+        return forward_outputs["logits"][:, :-1, :], tokens
+    return forward_outputs["logits"][:, causal_context_end(llm_config, tokenized_contexts):-1, :], tokens
+
+
+def candidate_tokens(llm_config, minibatch, tokenized_contexts) -> torch.Tensor:
+    """(B, L): each pair's candidate tokens, pads included, read from Lamorel's minibatch layout."""
+    if llm_config.model_type == "seq2seq":
+        return minibatch["decoder_input_ids"][:, 1:]
+    return minibatch["input_ids"][:, causal_context_end(llm_config, tokenized_contexts) + 1:]
+
+
+def candidate_token_logprobs(llm_config, forward_outputs, minibatch, tokenized_contexts) -> torch.Tensor:
+    """(B, L): log-probability of each candidate token, 0 at pads (tokens equal to the pad token).
+    From the shared-prefix scoring when the teacher's initializer installed it, else from the logits."""
+    if isinstance(forward_outputs, SharedPrefixOutputs):
+        return forward_outputs.token_logprobs(causal_context_end(llm_config, tokenized_contexts), llm_config.pad_token)
+    logits, tokens = candidate_logits_and_tokens(llm_config, forward_outputs, minibatch, tokenized_contexts)
+    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(2, tokens.unsqueeze(-1)).squeeze(-1)
+    return logprobs.masked_fill(tokens == llm_config.pad_token, 0.0)
+
+
+def answer_start_state(llm_config, forward_outputs, tokenized_contexts) -> torch.Tensor:
+    """(B, H): the LLM's last hidden state where the answer starts (causal: at the last context
+    token; seq2seq: the decoder's first position)."""
+    if isinstance(forward_outputs, SharedPrefixOutputs):
+        return forward_outputs.answer_start_states(causal_context_end(llm_config, tokenized_contexts))
+    if llm_config.model_type == "causal":
+        return forward_outputs["hidden_states"][-1][:, causal_context_end(llm_config, tokenized_contexts), :]
+    return forward_outputs["decoder_hidden_states"][-1][:, 0, :]
 
 
 def causal_context_end(llm_config, tokenized_contexts) -> int:

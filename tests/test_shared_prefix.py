@@ -1,0 +1,126 @@
+"""The shared-prefix scoring of causal teachers (bidir/llm/shared_prefix.py) gives the full-sequence
+path's log-probabilities, values and gradients, to float tolerance, on a tiny Llama: fully
+fine-tuned, LoRA on every layer, and LoRA on the top layers with the frozen layers' outputs cached
+(first call and cache hits), across minibatch boundaries and contexts of different lengths; a
+PPO update through it leaves the same weights; and a run resumed with an empty cache gives the
+uninterrupted run's metrics.csv."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from bidir.llm import LocalCaller, SharedPrefixOutputs
+from bidir.models import build_model
+from bidir.prompts import build_prompt
+from bidir.teacher import Teacher, TeacherRows
+from bidir.teacher_llm import TeacherInitializer, TeacherPPOSettings, TeacherPPOUpdater, teacher_module_functions
+from bidir.train import train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import read_rows, small_config, timing  # noqa: E402
+
+pytest.importorskip("peft")
+
+INSTRUCTIONS = ["turn left", "turn right", "go forward", "pick up", "drop", "toggle"]
+PROMPTS = [build_prompt("go to the red ball", [["You see a red ball 2 steps forward"]], []),
+           build_prompt("go to the red ball", [["You see a wall 1 step left", "You see a red ball 3 steps right"]], []),
+           build_prompt("pick up the blue key", [["You see a blue key 1 step forward"]], []),
+           build_prompt("go to the red ball", [["You see a red ball 2 steps forward"]], [])]  # a repeat
+CASES = {"full": {"enabled": False}, "lora": {"enabled": True, "r": 4, "alpha": 8.0},
+         "lora-top2": {"enabled": True, "r": 4, "alpha": 8.0, "layers": 2}}
+SETTINGS = TeacherPPOSettings(lr=1e-2, epochs=2, minibatch_size=3, gradient_batch_size=2, clip_eps=0.2,
+                              entropy_coef=0.01, value_loss_coef=0.5, imitation_coef=1.0, max_grad_norm=10.0)
+ATOL = 1e-5  # float32 log-probabilities and values of a 4-layer model: the two paths differ by ~1e-6
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return str(build_model(tmp_path_factory.mktemp("llama") / "tiny-llama", "tiny-llama"))
+
+
+def make_caller(path, lora, shared_prefix, minibatch_size=7):
+    config = OmegaConf.create({"llm_configs": {"main_llm": {
+        "handler": "hf_llm", "model_type": "causal", "model_path": path, "pretrained": True,
+        "minibatch_size": minibatch_size, "pre_encode_inputs": False, "constructor_kwargs": None,
+        "shared_prefix": shared_prefix, "frozen_cache_mb": 64, "lora": lora}}})
+    return LocalCaller(config, custom_updater={"main_llm": TeacherPPOUpdater(SETTINGS)},
+                       custom_module_functions={"main_llm": teacher_module_functions(0)},
+                       custom_model_initializer={"main_llm": TeacherInitializer(0)})
+
+
+def scores_and_grads(caller):
+    """Scores and values of PROMPTS (as the updater computes them, with gradients) and the gradient
+    of a loss mixing both with every trainable parameter."""
+    module = caller._models["main_llm"]
+    module.zero_grad()
+    out = module(["score", "value"], contexts=PROMPTS, candidates=[INSTRUCTIONS] * len(PROMPTS),
+                 require_grad=True, pad_contexts=True)
+    scores = torch.stack([o["score"] for o in out])
+    values = torch.stack([o["value"][:, 0] for o in out])
+    weights = torch.linspace(-1, 1, scores.numel()).reshape(scores.shape)
+    ((scores * weights).sum() + values.sum()).backward()
+    grads = {name: p.grad.clone() for name, p in module.named_parameters() if p.requires_grad}
+    return scores.detach(), values.detach(), grads
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_same_scores_values_and_gradients(model_path, case):
+    plain, fast = make_caller(model_path, CASES[case], False), make_caller(model_path, CASES[case], True)
+    outputs = fast._models["main_llm"]._LLM_model(input_ids=torch.tensor([[3, 4]]), attention_mask=torch.ones(1, 2))
+    assert isinstance(outputs, SharedPrefixOutputs)  # the fast path is installed
+    reference = scores_and_grads(plain)
+    for attempt in range(2):  # with lora-top2 the second call reads the frozen layers' cache
+        scores, values, grads = scores_and_grads(fast)
+        torch.testing.assert_close(scores, reference[0], atol=ATOL, rtol=0)
+        torch.testing.assert_close(values, reference[1], atol=ATOL, rtol=0)
+        assert grads.keys() == reference[2].keys() and grads
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, reference[2][name], atol=1e-5, rtol=1e-4, msg=name)
+    # the client's (no-grad) scores too, one minibatch per candidate: prefixes split across minibatches
+    advised = Teacher(fast, INSTRUCTIONS).advise(PROMPTS)
+    torch.testing.assert_close(torch.as_tensor(advised[0]).log().float(),
+                               torch.log_softmax(reference[0].double(), -1).float(), atol=ATOL, rtol=0)
+
+
+def test_frozen_layers_cached_only_below_the_adapter(model_path):
+    top2 = make_caller(model_path, CASES["lora-top2"], True)
+    scorer = top2._models["main_llm"]._LLM_model.get_base_model().forward.__self__
+    assert scorer.frozen_layers() == 2  # tiny-llama has 4 layers
+    Teacher(top2, INSTRUCTIONS).advise(PROMPTS)
+    assert len(scorer.cache.entries) == 3 and scorer.cache.bytes > 0  # one entry per distinct prompt
+    every = make_caller(model_path, CASES["lora"], True)
+    assert every._models["main_llm"]._LLM_model.get_base_model().forward.__self__.frozen_layers() == 0
+
+
+@pytest.mark.parametrize("case", ["full", "lora-top2"])
+def test_same_ppo_update(model_path, case):
+    """Two PPO epochs (gradient accumulation, clipping, Adam) leave the same trainable weights."""
+    weights = []
+    for shared_prefix in (False, True):
+        caller = make_caller(model_path, CASES[case], shared_prefix)
+        teacher = Teacher(caller, INSTRUCTIONS)
+        probs, values = teacher.advise(PROMPTS)
+        n = len(PROMPTS)
+        actions = np.array([2, 0, 3, 2])
+        teacher.update(TeacherRows(PROMPTS, actions, np.log(probs[np.arange(n), actions]), values,
+                                   np.array([1.0, -0.5, 0.3, 1.0]), values + 1.0, np.ones(n, bool), np.full(n, 0.5)))
+        module = caller._models["main_llm"]
+        weights.append({name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad})
+    for name, value in weights[1].items():
+        torch.testing.assert_close(value, weights[0][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_resumed_run_with_cached_frozen_layers_equals_uninterrupted_run(tmp_path):
+    """Cached values are computed per prompt alone, so a resumed run's empty cache changes nothing."""
+    key = "lamorel_args.llm_configs.main_llm"
+    overrides = [f"{key}.model_path=tiny-llama", f"{key}.model_type=causal", f"{key}.pre_encode_inputs=false",
+                 f"{key}.lora.enabled=true", f"{key}.lora.r=4", f"{key}.lora.layers=2", "rl_script_args.eval_episodes=0"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(small_config(whole, "bidir", *overrides, "rl_script_args.iterations=3"))
+    train(small_config(split, "bidir", *overrides, "rl_script_args.iterations=1"))
+    train(small_config(split, "bidir", *overrides, "rl_script_args.iterations=3"))
+    strip = lambda rows: [{k: v for k, v in r.items() if not timing(k)} for r in rows]  # noqa: E731
+    assert strip(read_rows(split / "metrics.csv")) == strip(read_rows(whole / "metrics.csv"))
