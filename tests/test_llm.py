@@ -233,6 +233,6 @@ def test_make_caller_picks_backend(t5_path, monkeypatch):
     assert isinstance(make_caller(lamorel_args(t5_path)), LocalCaller)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(llm, "LAMOREL_AVAILABLE", False)
+    monkeypatch.setattr(llm.caller, "LAMOREL_AVAILABLE", False)  # the name make_caller reads
     with pytest.raises(RuntimeError, match="lamorel is not importable"):
         make_caller(lamorel_args(t5_path))
