@@ -89,7 +89,7 @@ def test_local_caller_matches_lamorel(lamorel_runs, model_type, pre_encode):
 
 def test_every_process_joins_gloo_threads_before_exit(lamorel_runs):
     """The RL process and both LLM servers have no gloo thread left when their exit handlers end:
-    bidir.llm.release_process_groups joined them while Python still ran. A gloo worker still
+    bidir.llm.caller.release_process_groups joined them while Python still ran. A gloo worker still
     running at exit frees its last collective's tensors during interpreter finalization, and that
     aborts the process (SIGABRT) when the worker got no CPU until then (a loaded machine)."""
     threads, under_lamorel = lamorel_runs["two-servers"]
