@@ -175,7 +175,7 @@ BAD_INPUT = {
                             "{tmp}/grid.yaml: budgets: 'short' must be a name for a positive number of "
                             "iterations, got 0"),
     "unknown setting": (dict(setting="offlin"), [],
-                        "{tmp}/grid.yaml: setting must be one of offline, paper, got 'offlin'"),
+                        "{tmp}/grid.yaml: setting must be one of offline, paper, smollm2, got 'offlin'"),
     "unknown launcher": (dict(launcher="slurm"), [], "{tmp}/grid.yaml: launcher must be one of python, local_cpu"),
     "override not key=value": (dict(overrides=["wandb.mode"]), [],
                                "{tmp}/grid.yaml: overrides must be a list of key=value overrides, got ['wandb.mode']"),
