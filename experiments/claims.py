@@ -1,6 +1,6 @@
 """The study's claims as paired differences over seeds:
 
-    python experiments/claims.py "runs/offline-short/*/seed*" [--out experiments/results/offline-short/claims.md]
+    python experiments/claims.py "runs/offline-short/*/seed*" [--out claims.md]
 
 Each line compares two groups (methods or variants, as bidir-compare groups them) on one figure:
 both groups' mean ± 95% CI with n, and the mean ± 95% CI of the per-seed difference A - B over

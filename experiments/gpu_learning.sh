@@ -2,7 +2,7 @@
 # The learning check on one GPU: the default bidir configuration (offline setting, 40 iterations)
 # and glam with their teacher on GPU 0 under lamorel_launcher (1 LLM server), seeds 1-5, and bidir
 # in-process (LocalCaller) for seed 1, all at once. Compare with the CPU study
-# in experiments/results/offline-short/ (same seeds, same 100 held-out episodes per mode):
+# in experiments/results/offline-rerun/ (same seeds, same 100 held-out episodes per mode):
 #
 #   bash experiments/gpu_learning.sh OUT_DIR [TIME_LIMIT_S=420]
 #   bidir-compare "OUT_DIR/*/*/seed*"

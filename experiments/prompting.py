@@ -120,8 +120,8 @@ def summary(episodes: list[dict]) -> dict:
             "length_mean": float(np.mean([e["length"] for e in episodes]))}
 
 
-def write_table(out: Path) -> str:
-    """Recomputes the table from every episode file under `out`; returns it as markdown."""
+def tables(out: Path) -> dict[str, str]:
+    """The table recomputed from every episode file under `out`: file name -> text."""
     records = [json.loads(path.read_text()) for path in sorted((out / "episodes").glob("*.json"))]
     seeds: dict[str, set] = {}
     for record in records:
@@ -138,10 +138,14 @@ def write_table(out: Path) -> str:
         lines.append(f"| {choice} | {r['n']} | {r['return_mean']:.3f} | [{r['return_ci95'][0]:.3f}, "
                      f"{r['return_ci95'][1]:.3f}] | {r['success_rate']:.3f} | [{r['success_ci95'][0]:.3f}, "
                      f"{r['success_ci95'][1]:.3f}] | {r['length_mean']:.1f} |")
-    table = "\n".join(lines)
-    (out / "table.md").write_text(table + "\n")
-    (out / "table.json").write_text(json.dumps(rows, indent=2))
-    return table
+    return {"table.md": "\n".join(lines) + "\n", "table.json": json.dumps(rows, indent=2)}
+
+
+def write_table(out: Path) -> str:
+    """Writes the table recomputed from the episode files under `out`; returns it as markdown."""
+    for name, text in tables(out).items():
+        (out / name).write_text(text)
+    return (out / "table.md").read_text()
 
 
 def run_chunk(out: Path, choice: str, seed: int, play) -> None:

@@ -63,8 +63,7 @@ def main():
     tokenizer = AutoTokenizer.from_pretrained(options.model)
     caller = start_llm(OmegaConf.create(llm_args(options.model, "causal")), 0)
     states = bot_states(options.seeds, options.episodes)
-    rows, table = {}, ["| variant | scoring | states | P(bot action) | argmax = bot | mean pi_T over "
-                       + ", ".join(INSTRUCTIONS) + " |", "|---|---|---|---|---|---|"]
+    rows = {}
     for prompt_format, spaced in VARIANTS:
         build = prompt_builder(prompt_format, INSTRUCTIONS, tokenizer)
         candidates = [(" " + c) if spaced else c for c in INSTRUCTIONS]
@@ -82,16 +81,27 @@ def main():
                    "argmax_bot": float((probs.argmax(1) == bot).mean()), "mean_pi": probs.mean(0).round(3).tolist(),
                    "p_bot_per_state": probs[np.arange(len(bot)), bot].round(4).tolist()}
             rows[f"{name}/{scoring}"] = row
-            table.append(f"| {name} | {scoring} | {row['states']} | {row['p_bot']:.3f} | {row['argmax_bot']:.3f} | "
-                         f"{', '.join(f'{p:.2f}' for p in row['mean_pi'])} |")
-            print(table[-1], flush=True)
-    bot_share = np.bincount([s["bot"] for s in states], minlength=len(INSTRUCTIONS)) / len(states)
-    table.append(f"| bot's own actions | | {len(states)} | | | {', '.join(f'{p:.2f}' for p in bot_share)} |")
+            print(f"{name}/{scoring}: P(bot action) {row['p_bot']:.3f}", flush=True)
+    data = {"seeds": options.seeds, "episodes": options.episodes, "states": states, "variants": rows}
     options.out.mkdir(parents=True, exist_ok=True)
-    (options.out / "agreement.json").write_text(json.dumps({"seeds": options.seeds, "episodes": options.episodes,
-                                                            "states": states, "variants": rows}, indent=1))
-    (options.out / "agreement.md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
+    (options.out / "agreement.json").write_text(json.dumps(data, indent=1))
+    (options.out / "agreement.md").write_text(agreement_table(data))
+    print(agreement_table(data))
+
+
+def agreement_table(data: dict) -> str:
+    """agreement.md from agreement.json: P(bot action) is the mean of the per-state probabilities,
+    the bot's row counts the states' bot actions; argmax = bot and mean pi_T are as stored."""
+    lines = ["| variant | scoring | states | P(bot action) | argmax = bot | mean pi_T over "
+             + ", ".join(INSTRUCTIONS) + " |", "|---|---|---|---|---|---|"]
+    for key, row in data["variants"].items():
+        name, scoring = key.rsplit("/", 1)
+        lines.append(f"| {name} | {scoring} | {len(row['p_bot_per_state'])} | {np.mean(row['p_bot_per_state']):.3f} | "
+                     f"{row['argmax_bot']:.3f} | {', '.join(f'{p:.2f}' for p in row['mean_pi'])} |")
+    states = data["states"]
+    bot_share = np.bincount([s["bot"] for s in states], minlength=len(INSTRUCTIONS)) / len(states)
+    lines.append(f"| bot's own actions | | {len(states)} | | | {', '.join(f'{p:.2f}' for p in bot_share)} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

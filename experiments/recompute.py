@@ -3,10 +3,12 @@
     python experiments/recompute.py            # rewrite each study's results.md, results.json, claims.md, comparison.png
     python experiments/recompute.py --check    # rewrite nothing; exit 1 naming each table that differs
 
-A study with per-run data is a folder `experiments/results/<study>/` holding
-`runs/<group>/seed<N>/` (each run's metrics.csv, eval.json, eval_start.json where the teacher
-learns, and config.yaml, as the run wrote them); its tables are what `bidir-compare` and
-`experiments/claims.py` make of those runs.
+A study is a folder `experiments/results/<study>/` holding its per-run data, of one of two kinds:
+- training runs, `runs/<group>/seed<N>/` (each run's metrics.csv, eval.json, eval_start.json where
+  the teacher learns, and config.yaml, as the run wrote them): its tables are what `bidir-compare`
+  and `experiments/claims.py` make of those runs;
+- evaluation episodes, `episodes/*.json` (`prompting.py`): its table is what `prompting.py` makes
+  of them, and `agreement.md` what `prompting_agreement.py` makes of `agreement.json`.
 """
 from __future__ import annotations
 
@@ -19,17 +21,24 @@ from bidir.compare import load_runs, markdown, plot, summarize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claims import claims_table  # noqa: E402
+from prompting import tables as prompting_tables  # noqa: E402
+from prompting_agreement import agreement_table  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def studies(root: Path = RESULTS) -> list[Path]:
     """The study folders that hold per-run data."""
-    return sorted(path.parent for path in root.glob("*/runs") if path.is_dir())
+    return sorted(path.parent for kind in ("runs", "episodes") for path in root.glob(f"*/{kind}") if path.is_dir())
 
 
 def tables(study: Path) -> dict[str, str]:
-    """The study's tables recomputed from its runs: file name -> text."""
+    """The study's tables recomputed from its per-run data: file name -> text."""
+    if (study / "episodes").is_dir():
+        texts = prompting_tables(study)
+        if (study / "agreement.json").exists():
+            texts["agreement.md"] = agreement_table(json.loads((study / "agreement.json").read_text()))
+        return texts
     runs = load_runs([str(study / "runs" / "*" / "seed*")])
     table = summarize(runs)
     return {"results.md": markdown(table) + "\n", "results.json": json.dumps(table, indent=2),
@@ -54,7 +63,7 @@ def main(argv=None) -> int:
                     differing.append(str(path))
             else:
                 path.write_text(text)
-        if not options.check:
+        if not options.check and (study / "runs").is_dir():
             plot(load_runs([str(study / "runs" / "*" / "seed*")]), study / "comparison.png", title=study.name)
         print(f"{study.name}: {'checked' if options.check else 'written'}")
     for path in differing:

@@ -1,5 +1,6 @@
 """experiments/recompute.py: every committed study table is what its committed per-run data give,
 and a change to that data is caught."""
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -33,3 +34,15 @@ def test_no_study_is_an_error(tmp_path):
     with pytest.raises(SystemExit) as exit_:
         recompute.main(["--check", "--root", str(tmp_path)])
     assert exit_.value.code == 2
+
+
+def test_a_changed_episode_is_caught(tmp_path, capsys):
+    study = next(s for s in recompute.studies() if (s / "episodes").is_dir())
+    copy = tmp_path / study.name
+    shutil.copytree(study, copy)
+    path = copy / "episodes" / "uniform_seed1001.json"
+    record = json.loads(path.read_text())
+    record["episodes"][0]["return"] = 1.0 - record["episodes"][0]["return"]
+    path.write_text(json.dumps(record))
+    assert recompute.main(["--check", "--root", str(tmp_path)]) == 1
+    assert f"{copy / 'table.md'} differs" in capsys.readouterr().err
