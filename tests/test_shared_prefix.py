@@ -17,10 +17,9 @@ from bidir.models import build_model
 from bidir.prompts import build_prompt
 from bidir.teacher import Teacher, TeacherRows
 from bidir.teacher_llm import TeacherInitializer, TeacherPPOSettings, TeacherPPOUpdater, teacher_module_functions
-from bidir.train import train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import read_rows, small_config, timing  # noqa: E402
+from test_train import assert_resumed_run_equals_uninterrupted  # noqa: E402
 
 pytest.importorskip("peft")
 
@@ -118,9 +117,4 @@ def test_resumed_run_with_cached_frozen_layers_equals_uninterrupted_run(tmp_path
     key = "lamorel_args.llm_configs.main_llm"
     overrides = [f"{key}.model_path=tiny-llama", f"{key}.model_type=causal", f"{key}.pre_encode_inputs=false",
                  f"{key}.lora.enabled=true", f"{key}.lora.r=4", f"{key}.lora.layers=2", "rl_script_args.eval_episodes=0"]
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    train(small_config(whole, "bidir", *overrides, "rl_script_args.iterations=3"))
-    train(small_config(split, "bidir", *overrides, "rl_script_args.iterations=1"))
-    train(small_config(split, "bidir", *overrides, "rl_script_args.iterations=3"))
-    strip = lambda rows: [{k: v for k, v in r.items() if not timing(k)} for r in rows]  # noqa: E731
-    assert strip(read_rows(split / "metrics.csv")) == strip(read_rows(whole / "metrics.csv"))
+    assert_resumed_run_equals_uninterrupted(tmp_path, "bidir", overrides, 3, 1)

@@ -148,22 +148,26 @@ def assert_every_iteration_once(rows: list[dict], iterations: int):
         assert column in rows[0]
 
 
-def test_preempted_run_requeues_and_resumes(jobs):
-    job = jobs["preempted"]
+def preempt_and_resume(job: dict, started_s: int, requeued_s: int, done_s: int) -> str:
+    """Sends a running job what SLURM sends before its time limit (--signal=B:USR1), waits for the
+    requeue and the end, checks that every iteration ran exactly once; returns the job's log."""
     job_id, log, output_dir = job["job_id"], job["log"], job["output_dir"]
-    wait_for(lambda: len(metrics(output_dir)) >= 2, 150, "two iterations logged", log)
+    wait_for(lambda: len(metrics(output_dir)) >= 2, started_s, "two iterations logged", log)
     assert job_info(job_id).get("JobState") == "RUNNING"
-    # What SLURM does --signal=B:USR1@120 before the time limit.
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
 
-    wait_for(lambda: int(job_info(job_id).get("Restarts", 0)) >= 1, 60,
+    wait_for(lambda: int(job_info(job_id).get("Restarts", 0)) >= 1, requeued_s,
              f"job {job_id} to be requeued", log)
     stopped_at = len(metrics(output_dir))
     assert stopped_at < job["ITERATIONS"], "the run finished before the signal; make it longer"
-    wait_done(job_id, 180, log)
+    wait_done(job_id, done_s, log)
 
     assert_every_iteration_once(metrics(output_dir), job["ITERATIONS"])
-    text = log.read_text()
+    return log.read_text()
+
+
+def test_preempted_run_requeues_and_resumes(jobs):
+    text = preempt_and_resume(jobs["preempted"], 150, 60, 180)
     assert "command exited with 3" in text  # bidir.train.PREEMPTED_EXIT_CODE
     assert "requeueing job" in text
     assert "restart 1" in text  # the same job id ran again (--open-mode=append keeps both)
@@ -226,21 +230,10 @@ def multinode_jobs(tmp_path_factory):
 
 def test_preempted_multinode_run_requeues_and_resumes(multinode_jobs):
     job = multinode_jobs["preempted"]
-    job_id, log, output_dir = job["job_id"], job["log"], job["output_dir"]
-    wait_for(lambda: len(metrics(output_dir)) >= 2, 300, "two iterations logged", log)
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
-
-    wait_for(lambda: int(job_info(job_id).get("Restarts", 0)) >= 1, 120,
-             f"job {job_id} to be requeued", log)
-    stopped_at = len(metrics(output_dir))
-    assert stopped_at < job["ITERATIONS"], "the run finished before the signal; make it longer"
-    wait_done(job_id, 400, log)
-
-    assert_every_iteration_once(metrics(output_dir), job["ITERATIONS"])
-    text = log.read_text()
+    text = preempt_and_resume(job, 300, 120, 400)
     assert "requeueing job" in text and "restart 1" in text
     # the rerun joins a fresh rendezvous
-    assert f"--rdzv-id={int(job_id) * 1000 + 1} " in text
+    assert f"--rdzv-id={int(job['job_id']) * 1000 + 1} " in text
 
 
 def test_multinode_run_on_cpu_completes(multinode_jobs):

@@ -22,11 +22,10 @@ from bidir.teacher import Teacher, TeacherRows
 from bidir.teacher_cli import main as teacher_cli
 from bidir.teacher_llm import (TeacherInitializer, TeacherPPOSettings, TeacherPPOUpdater, hidden_size,
                                teacher_module_functions)
-from bidir.train import train
 from bidir.models import SHAPES, build_model, check_llm_config, shape_parameters
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import read_rows, small_config, timing  # noqa: E402
+from test_train import assert_resumed_run_equals_uninterrupted  # noqa: E402
 
 try:
     import peft
@@ -188,12 +187,7 @@ CAUSAL_OVERRIDES = ["lamorel_args.llm_configs.main_llm.model_type=causal",
 def test_resumed_lora_run_equals_uninterrupted_run(tmp_path, shape):
     overrides = [f"lamorel_args.llm_configs.main_llm.model_path={shape}", "rl_script_args.eval_episodes=0", "rl_script_args.eval_every=0",
                  *LORA_OVERRIDES, *(CAUSAL_OVERRIDES if FAMILIES[shape] == "causal" else [])]
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    train(small_config(whole, "bidir", *overrides, "rl_script_args.iterations=4"))
-    train(small_config(split, "bidir", *overrides, "rl_script_args.iterations=2"))
-    train(small_config(split, "bidir", *overrides, "rl_script_args.iterations=4"))
-    strip = lambda rows: [{k: v for k, v in r.items() if not timing(k)} for r in rows]  # noqa: E731
-    assert strip(read_rows(split / "metrics.csv")) == strip(read_rows(whole / "metrics.csv"))
+    split = assert_resumed_run_equals_uninterrupted(tmp_path, "bidir", overrides, 4, 2)
     saved = torch.load(split / "checkpoints" / "iter_000004" / "teacher.pt", weights_only=True)["model"]
     assert saved and all("lora_" in k or k.startswith("_module_functions.") for k in saved)
     _, teacher = restore(*load_run(split))  # bidir-eval's path: the adapter checkpoint loads into a LoRA teacher

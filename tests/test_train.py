@@ -33,6 +33,18 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
+def assert_resumed_run_equals_uninterrupted(tmp_path, method, overrides, iterations, stop_at):
+    """Trains `iterations` in one go and again stopped after `stop_at` and resumed; asserts the two
+    metrics.csv agree but for timings. Returns the resumed run's folder."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(small_config(whole, method, *overrides, f"rl_script_args.iterations={iterations}"))
+    train(small_config(split, method, *overrides, f"rl_script_args.iterations={stop_at}"))
+    train(small_config(split, method, *overrides, f"rl_script_args.iterations={iterations}"))
+    strip = lambda rows: [{k: v for k, v in r.items() if not timing(k)} for r in rows]  # noqa: E731
+    assert strip(read_rows(split / "metrics.csv")) == strip(read_rows(whole / "metrics.csv"))
+    return split
+
+
 @pytest.mark.parametrize("method", ["bidir", "t2s", "glam", "student"])
 def test_two_iterations_write_a_valid_metrics_csv(tmp_path, method):
     out = tmp_path / method
@@ -64,13 +76,7 @@ def test_two_iterations_write_a_valid_metrics_csv(tmp_path, method):
 
 @pytest.mark.parametrize("method", ["bidir", "student"])
 def test_resumed_run_equals_uninterrupted_run(tmp_path, method):
-    whole = tmp_path / "whole"
-    train(small_config(whole, method, "rl_script_args.iterations=4", "rl_script_args.eval_episodes=0"))
-    split = tmp_path / "split"
-    train(small_config(split, method, "rl_script_args.iterations=2", "rl_script_args.eval_episodes=0"))
-    train(small_config(split, method, "rl_script_args.iterations=4", "rl_script_args.eval_episodes=0"))
-    strip = lambda rows: [{k: v for k, v in r.items() if not timing(k)} for r in rows]  # noqa: E731
-    assert strip(read_rows(split / "metrics.csv")) == strip(read_rows(whole / "metrics.csv"))
+    assert_resumed_run_equals_uninterrupted(tmp_path, method, ["rl_script_args.eval_episodes=0"], 4, 2)
 
 
 def test_restarting_a_finished_run_adds_nothing(tmp_path):

@@ -5,7 +5,6 @@ recomputes the same calls with LocalCaller and compares. With `rl_script_args.gl
 every process records, as it exits, the gloo threads it still runs.
 """
 import atexit
-import json
 import os
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import hydra
 import torch
 
 from bidir.llm import BaseModuleFunction, candidate_logits_and_tokens, make_caller
+from script_output import write_result  # this folder: the script's directory
 
 CONTEXTS = [
     "Goal of the agent: go to the red ball. Observation 0: You see a wall 2 steps forward, "
@@ -66,10 +66,7 @@ def main(config):
         atexit.register(record_gloo_threads, config.rl_script_args.gloo_threads_dir)
     caller = make_caller(config.lamorel_args, custom_module_functions={"main_llm": {"logprob": LogProb()}})
     result = run_calls(caller, config.lamorel_args.llm_configs.main_llm.model_type)
-    result["backend"] = type(caller).__module__ + "." + type(caller).__name__
-    with open(config.rl_script_args.output, "w") as f:
-        json.dump(result, f)
-    caller.close()
+    write_result(caller, result, config.rl_script_args.output)
 
 
 if __name__ == "__main__":

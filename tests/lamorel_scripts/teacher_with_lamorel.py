@@ -4,7 +4,6 @@ shared-prefix scoring, LoRA on the top layers, frozen layers' outputs cached), d
 Run by tests/test_shared_prefix_lamorel.py, which recomputes `run_teacher` in-process on the
 full-sequence path and compares.
 """
-import json
 
 import hydra
 import numpy as np
@@ -12,6 +11,7 @@ import numpy as np
 from bidir.prompts import build_prompt
 from bidir.teacher import Teacher, TeacherRows, start_llm
 from bidir.teacher_llm import TeacherPPOSettings, TeacherPPOUpdater
+from script_output import write_result  # this folder: the script's directory
 
 INSTRUCTIONS = ["turn left", "turn right", "go forward", "pick up", "drop", "toggle"]
 PROMPTS = [build_prompt("go to the red ball", [["You see a red ball 2 steps forward"]], []),
@@ -39,10 +39,7 @@ def run_teacher(caller) -> dict:
 def main(config):
     caller = start_llm(config.lamorel_args, 0, TeacherPPOUpdater(SETTINGS))
     result = run_teacher(caller)
-    result["backend"] = type(caller).__module__ + "." + type(caller).__name__
-    with open(config.rl_script_args.output, "w") as f:
-        json.dump(result, f)
-    caller.close()
+    write_result(caller, result, config.rl_script_args.output)
 
 
 if __name__ == "__main__":
