@@ -292,7 +292,13 @@ def check_override_keys(overrides: list[str]):
         if "=" not in override or key.startswith(("+", "~", "hydra.", "-")) or key in known:
             continue
         by_name = sorted(k for k in known if k.endswith("." + key))
-        meant = by_name or difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        if parent in known:  # a misspelt key of a known node: its siblings, never the node itself
+            siblings = sorted(k[len(parent) + 1:] for k in known if k.startswith(parent + "."))
+            meant = [f"{parent}.{name}" for name in difflib.get_close_matches(
+                key[len(parent) + 1:], [s for s in siblings if "." not in s], n=1, cutoff=0.6)]
+        else:
+            meant = by_name or difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
         hint = f"; did you mean {meant[0]}={override.split('=', 1)[1]}?" if meant else \
             " (python -m bidir.train --help lists every key)"
         raise UsageError(f"unknown key {key!r}{hint}")

@@ -186,6 +186,37 @@ class Rendezvous:
     rdzv_id: int
 
 
+def trainer_overrides(run: Run, setting: str) -> list[str]:
+    """The hydra overrides that make bidir.train's config the run's."""
+    return [
+        f"rl_script_args.method={run.base_method or run.method}",
+        f"rl_script_args.seed={run.seed}",
+        f"rl_script_args.iterations={run.iterations}",
+        f"rl_script_args.output_dir={run.output_dir}",
+        f"setting={setting}",
+        f"wandb.group={run.experiment}",
+        *run.overrides,
+    ]
+
+
+def check_run_config(run: Run, setting: str, overrides: list[str]):
+    """Checks the run's config as bidir.train does before it starts (key names, values, the model,
+    the output folder), creating nothing; raises GridError with the trainer's message. Sbatch
+    scripts call it once (`--check`), so that bad input is not reported once per SLURM task."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from bidir.checks import UsageError, check_config, check_override_keys
+    hydra_overrides = merge_overrides(trainer_overrides(run, setting), overrides)
+    try:
+        check_override_keys(hydra_overrides)
+        with initialize_config_module("bidir.conf", version_base=None):
+            check_config(compose("config", overrides=hydra_overrides))
+    except (UsageError, HydraException, OmegaConfBaseException) as error:
+        raise GridError(str(error).splitlines()[0]) from None
+
+
 def command(
     run: Run,
     setting: str,
@@ -203,15 +234,7 @@ def command(
     `--standalone` followed by the script name, so the rendezvous arguments are lost and every
     process waits alone forever.
     """
-    run_overrides = [
-        f"rl_script_args.method={run.base_method or run.method}",
-        f"rl_script_args.seed={run.seed}",
-        f"rl_script_args.iterations={run.iterations}",
-        f"rl_script_args.output_dir={run.output_dir}",
-        f"setting={setting}",
-        f"wandb.group={run.experiment}",
-        *run.overrides,
-    ]
+    run_overrides = trainer_overrides(run, setting)
     script = REPO / "bidir" / "train.py"
     if launcher == "python":
         return [python, "-m", "bidir.train"] + merge_overrides(run_overrides, list(overrides))
@@ -291,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --nnodes: rendezvous id, an integer unique per job and restart")
     parser.add_argument("--exec", action="store_true",
                         help="with --task-id or --method: become the command (for sbatch scripts)")
+    parser.add_argument("--check", action="store_true",
+                        help="first check each run's config as bidir.train would (exit 2 with its error line)")
     parser.add_argument("overrides", nargs="*", help="hydra overrides for every command")
     args = parser.parse_args(argv)
     if args.nnodes is not None:
@@ -316,12 +341,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.count:
         print(len(runs))
         return 0
+    overrides = merge_overrides(grid.get("overrides") or [], args.overrides)
+    if args.check:
+        try:
+            for run in runs:
+                check_run_config(run, args.setting or grid["setting"], overrides)
+        except GridError as error:
+            parser.exit(2, f"{parser.prog}: error: {error}\n")
     commands = [
         command(
             run,
             setting=args.setting or grid["setting"],
             launcher=launcher,
-            overrides=merge_overrides(grid.get("overrides") or [], args.overrides),
+            overrides=overrides,
             python=args.python,
             rendezvous=(Rendezvous(args.nnodes, args.rdzv_endpoint, args.rdzv_id)
                         if args.nnodes else None),

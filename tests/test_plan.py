@@ -188,7 +188,17 @@ BAD_INPUT = {
     "--nnodes, python launcher": ({}, ["--nnodes", "2", "--rdzv-endpoint", "n:1", "--launcher", "python"],
                                   "--nnodes needs a Lamorel launcher: add --launcher multi_node"),
     "--rdzv-id not an integer": ({}, ["--rdzv-id", "8-0"], "argument --rdzv-id: invalid int value: '8-0'"),
+    "--check, unknown key": ({}, ["--check", "--setting", "offline", "rl_script_args.teacher_lrr=1"],
+                             "unknown key 'rl_script_args.teacher_lrr'; did you mean rl_script_args.teacher_lr=1?"),
+    "--check, bad value": ({}, ["--check", "--setting", "offline", "rl_script_args.teacher_lr=-1"],
+                           "rl_script_args.teacher_lr must be >= 0.0, got -1"),
 }
+
+
+def test_check_passes_a_good_run_and_creates_nothing(tmp_path):
+    out = run_plan("--method", "student", "--setting", "offline", "--check", "--output-root", tmp_path / "runs",
+                   "rl_script_args.student_epochs=8").stdout
+    assert "rl_script_args.student_epochs=8" in out and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("case", BAD_INPUT)

@@ -277,7 +277,12 @@ BAD_JOBS = {
                                             "train_multinode.sbatch: error: MASTER_PORT=http must be a port"),
     "train_multinode.sbatch, METHOD unknown": ("train_multinode.sbatch", dict(METHOD="bidr"), None,
                                                "plan.py: error: argument --method: invalid choice: 'bidr'"),
+    "train_multinode.sbatch, unknown key": ("train_multinode.sbatch", {}, None,
+                                            "plan.py: error: unknown key 'rl_script_args.teacher_lrr'; did you mean "
+                                            "rl_script_args.teacher_lr=1?"),
 }
+BAD_OVERRIDES = {"train_multinode.sbatch, unknown key": ["rl_script_args.teacher_lrr=1"]}
+"""Hydra overrides after the script's name: checked once, not once per task."""
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +293,8 @@ def bad_jobs(tmp_path_factory):
     for i, (case, (script, env, sbatch_args, _)) in enumerate(BAD_JOBS.items()):
         env = {key: str(value).replace("{tmp}", str(root)) for key, value in env.items()}
         log = root / f"{i}.out"
-        job_id = submit(script, log, sbatch_args=SCRIPT_ARGS[script] if sbatch_args is None else sbatch_args,
+        job_id = submit(script, log, overrides=BAD_OVERRIDES.get(case, ()),
+                        sbatch_args=SCRIPT_ARGS[script] if sbatch_args is None else sbatch_args,
                         OUTPUT_ROOT=root / "runs", SETTING="offline", **env)
         submitted[case] = dict(job_id=job_id, log=log, root=root)
     yield submitted
