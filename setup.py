@@ -37,6 +37,7 @@ setup(
             "bidir-eval=bidir.evaluate:main",
             "bidir-teacher=bidir.teacher_cli:main",
             "bidir-compare=bidir.compare:main",
+            "bidir-trace=bidir.trace:main",
         ]
     },
 )

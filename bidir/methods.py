@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bidir.ppo import anneal
+
 
 @dataclass(frozen=True)
 class Method:
@@ -14,6 +16,16 @@ class Method:
     student: bool          # an RL student exists (and acts); otherwise the teacher acts
     critique: bool         # the teacher also learns from the student's critique (imitation of its good choices)
     summary: str           # one line for --help
+
+    def teacher_share(self, iteration: int, start: float, iterations: int) -> float:
+        """eps_k, the probability that a query's instruction is executed: 1 when the teacher acts
+        alone (glam), 0 without a teacher, else the mixture's share, annealed from `start` to 0
+        over `iterations`."""
+        if not self.teacher:
+            return 0.0
+        if not self.student:
+            return 1.0
+        return anneal(iteration, start, iterations)
 
 
 METHODS = {

@@ -80,13 +80,9 @@ class Trainer:
                 self.history.start(env, info)
 
     def teacher_share(self) -> float:
-        """eps_k, the probability that a query's instruction is executed: 1 when the teacher acts
-        alone (glam), 0 without a teacher, else the annealed mixture's share."""
-        if not self.method.teacher:
-            return 0.0
-        if not self.method.student:
-            return 1.0
-        return anneal(self.iteration, self.args.teacher_share_start, self.args.teacher_share_iterations)
+        """eps_k at this iteration (Method.teacher_share)."""
+        return self.method.teacher_share(self.iteration, self.args.teacher_share_start,
+                                         self.args.teacher_share_iterations)
 
     def collect(self, phases: Phases) -> tuple[Rollout, list[dict]]:
         """One iteration's rollout and the episodes that ended in it."""

@@ -1,0 +1,179 @@
+"""A trace of one episode, for a run or one of its checkpoints: `bidir-trace RUN [--mode M] [--seed N]`.
+
+For each step: the prompt the teacher read, its distribution over the instructions, whether the
+student saw the message, who acted and what, the reward, and the critique where there is one
+(bidir, on the teacher's queries where the student chose: the student's advantage A_S of its
+action, which the teacher imitates when positive). Written as text and as an animated picture:
+minigrid's view of the room before each step, with what was said and done written under it.
+The episode is the first one of held-out evaluation seed N, as `bidir-eval --seed N` plays it.
+"""
+from __future__ import annotations
+
+import argparse
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from bidir.checks import non_negative_int, quiet_libraries
+from bidir.envs import TextVecEnv
+from bidir.evaluate import EVAL_SEED_BASE, MODES, load_run, modes_for, restore
+from bidir.methods import get_method
+from bidir.metrics import Phases
+from bidir.ppo import gae
+from bidir.prompts import PromptHistory, build_prompt
+from bidir.rollout import Acting
+
+TRACE_MODES = ("training", *MODES)
+"""`training`: as the run acts at the checkpoint (the teacher's share of acting at its iteration,
+messages hidden with the configured dropout); the others as the held-out evaluation acts."""
+
+
+@dataclass
+class TracedStep:
+    """One step of a traced episode."""
+
+    prompt: str | None        # the prompt asked at this step (None: no teacher, or its message kept)
+    probs: list[float] | None  # pi_T of the current message (None without a teacher)
+    instruction: str | None   # the teacher's current instruction
+    shown: bool               # the student saw the message
+    actor: str                # "teacher" (its instruction executed) or "student"
+    action: str
+    reward: float
+    student_value: float | None  # V_S before the step (None without a student)
+    critique: float | None    # A_S of the student's action where it trains the teacher
+
+
+def trace_episode(config, student, teacher, mode: str, seed: int, iteration: int):
+    """Plays the first held-out episode of evaluation seed `seed` in `mode`; returns its mission,
+    its steps, the RGB frame before each step and the episode's return, length and success."""
+    args = config.rl_script_args
+    method = get_method(args.method)
+    if mode == "training":
+        eps, dropout = method.teacher_share(iteration, args.teacher_share_start, args.teacher_share_iterations), \
+            args.message_dropout
+    else:
+        student_acts, consults_teacher = MODES[mode]
+        student, teacher = (student if student_acts else None), (teacher if consults_teacher else None)
+        eps, dropout = (0.0 if student_acts else 1.0), 0.0
+    instructions = list(args.instructions)
+    envs = TextVecEnv(args.env_id, 1, EVAL_SEED_BASE + seed, instructions)
+    acting = Acting(teacher, student, 1, instructions, args.teacher_every, dropout, np.random.default_rng(seed),
+                    torch.Generator().manual_seed(seed), args.device)
+    history = PromptHistory(1, args.prompt_history, teacher.build_prompt if teacher else build_prompt)
+    obs, infos = envs.reset()
+    history.start(0, infos[0])
+    mission = history.missions[0]
+    steps, frames, values, queried, phases = [], [], [], [], Phases()
+    while True:
+        frames.append(envs.envs[0].unwrapped.get_frame(tile_size=32))
+        step = acting.act(obs, history, eps, phases)
+        obs, reward, done, infos = envs.step(step.action)
+        acting.observe(history, step.action, done, infos)
+        executed = bool(step.executed[0]) or student is None
+        steps.append(TracedStep(step.prompts[0], step.probs[0].round(3).tolist() if teacher else None,
+                                instructions[step.instruction[0]] if teacher else None, bool(step.shown[0]),
+                                "teacher" if executed else "student", instructions[step.action[0]],
+                                float(reward[0]), float(step.value[0]) if student else None, None))
+        values.append(step.value[0])
+        queried.append(bool(step.queried[0]) and not executed)
+        if done[0]:
+            break
+    if method.critique and args.critique_imitation > 0 and student is not None and teacher is not None:
+        rewards = np.array([[s.reward] for s in steps], np.float32)
+        dones = np.zeros_like(rewards, bool)
+        dones[-1] = True
+        advantages, _ = gae(rewards, np.array(values, np.float32)[:, None], dones, np.zeros(1, np.float32),
+                            args.gamma, args.lam)
+        for s, a, q in zip(steps, advantages[:, 0], queried):
+            s.critique = float(a) if q else None
+    return mission, steps, frames, infos[0]["episode"]
+
+
+def trace_text(steps: list[TracedStep], header: list[str], instructions: list[str]) -> str:
+    """The trace as text: the header lines, then one block per step."""
+    lines = [*header, ""]
+    for t, s in enumerate(steps, 1):
+        lines.append(f"step {t}")
+        if s.probs is not None:
+            prompt = textwrap.indent(s.prompt, " " * 12).lstrip() if s.prompt else "(the last message is kept)"
+            lines.append(f"  prompt:   {prompt}")
+            lines.append("  teacher:  " + " | ".join(f"{name} {p:.2f}{'*' if name == s.instruction else ''}"
+                                                    for name, p in zip(instructions, s.probs)))
+            lines.append(f"  message:  {'shown' if s.shown else 'hidden'}: {s.instruction}")
+        value = f" (V_S {s.student_value:.3f})" if s.student_value is not None else ""
+        lines.append(f"  acted:    {s.actor}: {s.action}{value}")
+        lines.append(f"  reward:   {s.reward:.3f}")
+        if s.critique is not None:
+            verdict = f"the teacher imitates {s.action!r}" if s.critique > 0 else "nothing imitated"
+            lines.append(f"  critique: A_S = {s.critique:+.3f}: {verdict}")
+    return "\n".join(lines) + "\n"
+
+
+def write_gif(path: Path, frames: list[np.ndarray], steps: list[TracedStep], outcome: str):
+    """An animated picture of the episode: each frame with the step's message and action under it,
+    the last one held with the outcome."""
+    pictures = []
+    for t, (frame, s) in enumerate(zip(frames, steps), 1):
+        said = f"teacher: {s.instruction} ({'shown' if s.shown else 'hidden'})" if s.instruction else "no teacher"
+        pictures.append(captioned(frame, [f"step {t}  {said}", f"{s.actor}: {s.action}  reward {s.reward:.2f}"]))
+    pictures.append(captioned(frames[-1], [outcome, ""]))
+    durations = [500] * len(steps) + [2000]
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=durations, loop=0)
+
+
+def captioned(frame: np.ndarray, lines: list[str]) -> Image.Image:
+    """`frame` with a white band below holding `lines`."""
+    height, width = frame.shape[:2]
+    picture = Image.new("RGB", (max(width, 320), height + 16 * len(lines) + 6), "white")
+    picture.paste(Image.fromarray(frame), (0, 0))
+    draw = ImageDraw.Draw(picture)
+    for i, line in enumerate(lines):
+        draw.text((4, height + 4 + 16 * i), line, fill="black")
+    return picture
+
+
+def main(argv=None):
+    """CLI: trace one held-out episode of a run directory (its newest checkpoint) or a checkpoint."""
+    parser = argparse.ArgumentParser(prog="bidir-trace", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("path", type=Path, help="run directory or checkpoint directory")
+    parser.add_argument("--mode", choices=TRACE_MODES, default="training", help="who acts (see bidir/trace.py)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="held-out evaluation seed of the episode")
+    parser.add_argument("--out", type=Path, help="path of the files without suffix (default: "
+                        "<run>/trace_<checkpoint>_seed<seed>_<mode>)")
+    options = parser.parse_args(argv)
+    quiet_libraries()
+    try:
+        config, saved = load_run(options.path)
+    except ValueError as error:
+        parser.exit(2, f"bidir-trace: error: {error}\n")
+    method_name = config.rl_script_args.method
+    if options.mode != "training" and options.mode not in modes_for(method_name):
+        parser.exit(2, f"bidir-trace: error: --mode {options.mode} does not apply to {method_name}; choose one of "
+                       f"training, {', '.join(modes_for(method_name))}\n")
+    out = options.out or saved.parent.parent / f"trace_{saved.name}_seed{options.seed}_{options.mode}"
+    if not out.parent.is_dir():
+        parser.exit(2, f"bidir-trace: error: --out {out}: {out.parent} is not a directory\n")
+    student, teacher = restore(config, saved)
+    iteration = int(saved.name.rsplit("_", 1)[-1])
+    mission, steps, frames, episode = trace_episode(config, student, teacher, options.mode, options.seed, iteration)
+    outcome = (f"{'success' if episode['success'] else 'failure'}: return {episode['return']:.3f} "
+               f"in {episode['length']} steps")
+    header = [f"{method_name} @ {saved} (iteration {iteration}), mode {options.mode}",
+              f"{config.rl_script_args.env_id}, held-out seed {options.seed}: {mission!r}, {outcome}"]
+    text = trace_text(steps, header, list(config.rl_script_args.instructions))
+    text_path, picture_path = Path(f"{out}.txt"), Path(f"{out}.gif")
+    text_path.write_text(text)
+    write_gif(picture_path, frames, steps, outcome)
+    if teacher:
+        teacher.close()
+    print(text)
+    print(f"written: {text_path}, {picture_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""bidir-trace: one held-out episode, step by step, as text and as an animated picture."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bidir.evaluate import load_run, restore
+from bidir.trace import main as trace_cli
+from bidir.trace import trace_episode, trace_text
+from bidir.train import train
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+from test_train import small_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trace")
+    for method in ("bidir", "student"):
+        train(small_config(root / method, method, "rl_script_args.eval_episodes=0"))
+    return root
+
+
+def traced(run_dir, mode, seed=0):
+    config, saved = load_run(run_dir)
+    student, teacher = restore(config, saved)
+    return config, trace_episode(config, student, teacher, mode, seed, iteration=2)
+
+
+def test_teacher_alone_executes_every_instruction_it_draws(runs):
+    config, (mission, steps, frames, episode) = traced(runs / "bidir", "teacher_alone")
+    assert mission.startswith("go to") and len(steps) == len(frames) == episode["length"]
+    assert all(s.actor == "teacher" and s.action == s.instruction and s.student_value is None for s in steps)
+    assert all(abs(sum(s.probs) - 1) < 0.01 and s.prompt.startswith("Goal of the agent") for s in steps)
+    assert sum(s.reward for s in steps) == pytest.approx(episode["return"])
+    assert all(s.critique is None for s in steps)
+
+
+def test_critique_is_the_students_advantage_on_its_own_choices(runs):
+    config, (_, steps, _, _) = traced(runs / "bidir", "student_with_teacher", seed=1)
+    args = config.rl_script_args
+    # every step is a query (teacher_every 1) where the student chose: GAE by hand, the episode ends
+    expected, next_value, next_advantage = [], 0.0, 0.0
+    for s in reversed(steps):
+        delta = s.reward + args.gamma * next_value - s.student_value
+        next_advantage = delta + args.gamma * args.lam * next_advantage
+        next_value = s.student_value
+        expected.append(next_advantage)
+    assert all(s.actor == "student" and s.shown for s in steps)
+    np.testing.assert_allclose([s.critique for s in steps], expected[::-1], rtol=1e-4, atol=1e-6)
+    text = trace_text(steps, ["header"], list(args.instructions))
+    assert text.count("\nstep ") == len(steps)
+    assert text.count("the teacher imitates") == sum(s.critique > 0 for s in steps)
+
+
+def test_training_mode_acts_as_the_run_at_its_checkpoint(runs):
+    config, (_, steps, _, _) = traced(runs / "bidir", "training")
+    # iteration 2 of 30: the teacher acts with eps = 1 - 2/30, the student sees half the messages
+    assert {s.actor for s in steps} <= {"teacher", "student"} and any(s.actor == "teacher" for s in steps)
+    _, (_, student_steps, _, _) = traced(runs / "student", "training")
+    assert all(s.actor == "student" and s.probs is None and s.critique is None for s in student_steps)
+
+
+def test_cli_writes_the_text_and_a_picture_per_step(runs, tmp_path, capsys):
+    trace_cli([str(runs / "bidir"), "--mode", "student_alone", "--out", str(tmp_path / "t")])
+    text = (tmp_path / "t.txt").read_text()
+    steps = text.count("\nstep ")
+    assert "student_alone" in text.splitlines()[0] and steps >= 1
+    picture = Image.open(tmp_path / "t.gif")
+    assert picture.n_frames == steps + 1  # one per step, then the outcome
+    assert "written: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{tmp}/nothing"], "bidir-trace: error: {tmp}/nothing is not a bidir run directory (no config.yaml)"),
+    (["{student}", "--mode", "teacher_alone"],
+     "bidir-trace: error: --mode teacher_alone does not apply to student; choose one of training, student_alone"),
+    (["{student}", "--out", "{tmp}/no/t"], "bidir-trace: error: --out {tmp}/no/t: {tmp}/no is not a directory"),
+    (["{student}", "--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
+])
+def test_bad_input_exits_2_with_one_line(runs, tmp_path, args, message):
+    fill = lambda s: s.replace("{tmp}", str(tmp_path)).replace("{student}", str(runs / "student"))  # noqa: E731
+    done = subprocess.run([sys.executable, "-m", "bidir.trace", *map(fill, args)], capture_output=True, text=True)
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert done.returncode == 2 and len(errors) == 1 and fill(message) in errors[0], done.stderr
+    assert "Traceback" not in done.stderr and not list(tmp_path.glob("**/*.gif"))
