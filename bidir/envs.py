@@ -151,7 +151,6 @@ class BabyAITextWrapper(gymnasium.Wrapper):
     def __init__(self, env: gymnasium.Env, seed: int | None = None):
         super().__init__(env)
         self._first_seed = seed
-        self._minigrid = env.unwrapped
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is None:
@@ -166,17 +165,50 @@ class BabyAITextWrapper(gymnasium.Wrapper):
 
     def _with_text(self, obs: dict, info: dict) -> dict:
         info = dict(info)
-        info["descriptions"] = describe(obs["image"], self._minigrid.carrying)
+        info["descriptions"] = describe(obs["image"], self.env.unwrapped.carrying)  # a mix's current level
         info["mission"] = obs["mission"]
         return info
 
 
-def make_text_env(env_id: str, seed: int | None = None) -> gymnasium.Env:
-    """A BabyAI (or other minigrid) level whose infos carry BabyAI-Text descriptions.
+MIX_SEPARATOR = "+"
+"""`env_id` names one level, or a mix of levels joined by this: `BabyAI-GoToLocal-v0+BabyAI-PickupLoc-v0`."""
 
-    ``seed`` seeds the first reset (see ``BabyAITextWrapper``). ``env.unwrapped`` is the minigrid
-    env. An unknown ``env_id`` raises ``ValueError`` naming the closest registered ids.
-    """
+
+class LevelMix(gymnasium.Env):
+    """Several minigrid levels as one environment, as GLAM's task mixes: every reset draws a level
+    uniformly (a level named twice is drawn twice as often). The first reset's seed seeds the
+    draws and each level's first episode, so a mix is as reproducible as one level."""
+
+    def __init__(self, levels: list[gymnasium.Env]):
+        self.levels = levels
+        self.observation_space, self.action_space = levels[0].observation_space, levels[0].action_space
+        self._rng = np.random.default_rng()
+        self._first_seeds: list[int | None] = [None] * len(levels)  # each level's first reset
+        self._current = 0
+
+    @property
+    def unwrapped(self) -> MiniGridEnv:
+        """The minigrid env of the current episode's level."""
+        return self.levels[self._current].unwrapped
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+            self._first_seeds = [int(s) for s in self._rng.integers(2**31, size=len(self.levels))]
+        self._current = int(self._rng.integers(len(self.levels)))
+        level_seed, self._first_seeds[self._current] = self._first_seeds[self._current], None
+        return self.levels[self._current].reset(seed=level_seed, options=options)
+
+    def step(self, action):
+        return self.levels[self._current].step(action)
+
+    def close(self):
+        for level in self.levels:
+            level.close()
+
+
+def make_level(env_id: str) -> gymnasium.Env:
+    """One registered minigrid level; ValueError naming the closest ids for an unknown one."""
     if env_id not in gymnasium.registry:
         known = [i for i in gymnasium.registry if i.startswith(("BabyAI-", "MiniGrid-"))]
         close = difflib.get_close_matches(env_id, known, n=5, cutoff=0.5)
@@ -186,7 +218,27 @@ def make_text_env(env_id: str, seed: int | None = None) -> gymnasium.Env:
     if not isinstance(env.unwrapped, MiniGridEnv):
         env.close()
         raise ValueError(f"{env_id!r} is not a minigrid environment; BabyAI-Text needs one")
-    return BabyAITextWrapper(env, seed=seed)
+    return env
+
+
+def make_text_env(env_id: str, seed: int | None = None) -> gymnasium.Env:
+    """A BabyAI (or other minigrid) level, or a mix of levels (`MIX_SEPARATOR`), whose infos carry
+    BabyAI-Text descriptions.
+
+    ``seed`` seeds the first reset (see ``BabyAITextWrapper``). ``env.unwrapped`` is the minigrid
+    env (of a mix, the current level's). An unknown ``env_id`` raises ``ValueError`` naming the
+    closest registered ids.
+    """
+    names = env_id.split(MIX_SEPARATOR)
+    levels = []
+    try:
+        for name in names:
+            levels.append(make_level(name))
+    except ValueError:
+        for level in levels:
+            level.close()
+        raise
+    return BabyAITextWrapper(levels[0] if len(levels) == 1 else LevelMix(levels), seed=seed)
 
 
 class TextVecEnv:

@@ -13,15 +13,20 @@ from torch.distributions import Categorical
 from bidir.ppo import Batch, approx_kl_and_clipfrac, minibatches, policy_loss, value_loss
 
 MISSION_BUCKETS = 512
-MISSION_WORDS = 16
+MISSION_WORDS = 48  # BabyAI's longest missions (BossLevel, SynthSeq) have about 30 words
 
 
 def mission_tokens(missions: list[str]) -> np.ndarray:
     """Hash each mission's words into bucket ids (0 is padding): a vocabulary-free encoding that
-    covers every BabyAI level. crc32, unlike hash(), is the same in every process."""
+    covers every BabyAI level. crc32, unlike hash(), is the same in every process. The student
+    averages the words' embeddings, so word order is lost: "put the red ball next to the blue
+    key" reads as its converse (docs/design.md, "Levels and mixes")."""
     tokens = np.zeros((len(missions), MISSION_WORDS), dtype=np.int64)
     for row, mission in enumerate(missions):
-        words = mission.lower().split()[:MISSION_WORDS]
+        words = mission.lower().split()
+        if len(words) > MISSION_WORDS:
+            raise ValueError(f"a mission of {len(words)} words is longer than the student reads "
+                             f"({MISSION_WORDS}): {mission!r}")
         tokens[row, :len(words)] = [1 + zlib.crc32(w.encode()) % (MISSION_BUCKETS - 1) for w in words]
     return tokens
 

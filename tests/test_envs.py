@@ -325,3 +325,53 @@ def test_vec_errors():
         vec.step(np.zeros(3, dtype=np.int64))
     with pytest.raises(ValueError, match=r"must lie in \[0, 6\), got \[ 0 -1\]"):
         vec.step(np.array([0, -1]))
+
+
+MIX = "BabyAI-GoToLocal-v0+BabyAI-PickupLoc-v0"
+
+
+def first_words(env_id, episodes, seed=3):
+    """The first word of each of `episodes` missions of one env of a TextVecEnv."""
+    envs = TextVecEnv(env_id, 1, seed)
+    _, infos = envs.reset()
+    words = [infos[0]["mission"].split()[0]]
+    while len(words) < episodes:
+        _, _, done, infos = envs.step(np.array([0]))  # turning left forever: every episode times out
+        if done[0]:
+            words.append(infos[0]["mission"].split()[0])
+    return words
+
+
+def test_a_mix_draws_each_level_per_episode_reproducibly():
+    words = first_words(MIX, 12)
+    assert set(words) == {"go", "pick"}  # GoToLocal's missions say "go to", PickupLoc's "pick up"
+    assert first_words(MIX, 12) == words  # the same seed draws the same levels and episodes
+    assert first_words(MIX, 12, seed=4) != words
+
+
+def test_a_mix_resumes_bit_exactly():
+    envs = TextVecEnv(MIX, 2, 5)
+    envs.reset()
+    for _ in range(70):  # past the first episodes: each env has drawn a second level
+        envs.step(np.array([2, 0]))
+    state = envs.get_state()
+    after = [envs.step(np.array([a, 1])) for a in range(3)]
+    envs.set_state(state)
+    again = [envs.step(np.array([a, 1])) for a in range(3)]
+    for (obs, rewards, dones, infos), (obs2, rewards2, dones2, infos2) in zip(after, again):
+        np.testing.assert_array_equal(obs["image"], obs2["image"])
+        assert infos == infos2 and (rewards == rewards2).all() and (dones == dones2).all()
+
+
+def test_an_unknown_level_in_a_mix_is_named():
+    with pytest.raises(ValueError, match="Unknown env_id 'BabyAI-GoToLocl-v0'; closest: BabyAI-GoToLocal-v0"):
+        make_text_env("BabyAI-GoToRedBall-v0+BabyAI-GoToLocl-v0")
+
+
+def test_long_missions_are_read_whole_and_too_long_ones_refused():
+    from bidir.student import MISSION_WORDS, mission_tokens
+    boss = ("put the red key next to a yellow ball and pick up the green box after you open a door and open "
+            "the grey door on your left")
+    assert (mission_tokens([boss])[0] > 0).sum() == len(boss.split())
+    with pytest.raises(ValueError, match=f"longer than the student reads \\({MISSION_WORDS}\\)"):
+        mission_tokens([" ".join(["go"] * (MISSION_WORDS + 1))])
