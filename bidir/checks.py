@@ -11,6 +11,7 @@ import argparse
 import difflib
 import math
 import os
+import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -327,3 +328,5 @@ def quiet_libraries():
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     os.environ.setdefault("WANDB_SILENT", "true")
+    # peft (0.21) reads this deprecated transformers property on every LoRA model it wraps
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
