@@ -76,3 +76,17 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, mess
     errors = [line for line in done.stderr.splitlines() if line.startswith("claims.py: error:")]
     assert len(errors) == 1 and message.replace("{tmp}", str(tmp_path)) in errors[0], done.stderr
     assert sorted(tmp_path.rglob("*")) == before and (tmp_path / "file").read_text() == "mine"
+
+
+def test_teacher_frames_to_glams_final_return_reads_the_periodic_curve():
+    nan = float("nan")
+    bidir, glam = run([0.0] * 6, seed=1), run([0.0] * 6, seed=1)
+    bidir["agents"] = {"eval_teacher_alone_return": np.array([0.1, nan, 0.3, nan, 0.5, 0.6])}
+    glam["agents"] = {"eval_teacher_alone_return": np.array([0.1, nan, 0.2, nan, 0.3, 0.4])}
+    glam["eval"] = {"teacher_alone": {"return_mean": 0.4}}
+    figure = claims.teacher_frames_to(0.4)
+    assert figure(bidir) == 5 * 256 and figure(glam) == 6 * 256  # the first evaluation at or above 0.4
+    assert math.isnan(claims.teacher_frames_to(0.7)(bidir))
+    table = claims.claims_table({"bidir": [bidir], "glam": [glam]})
+    row = next(line for line in table.splitlines() if "glam's final teacher-alone return (0.400)" in line)
+    assert row.endswith("| -256 (n=1) |")  # bidir's teacher got there one iteration sooner
