@@ -299,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=positive_int, default=1,
                         help="with --local: runs at a time (give each a core: torch_threads is 1)")
     parser.add_argument("--budget", default="short", help="a key of the grid's budgets")
-    parser.add_argument("--seed", type=int, default=1, help="with --method")
+    parser.add_argument("--seed", type=int, help="with --method: its seed (default 1); with a grid: only the runs "
+                        "of this seed, so that a long study runs seed by seed, every method paired")
     parser.add_argument("--iterations", type=int, help="with --method (default: the budget's)")
     parser.add_argument("--experiment", default="default", help="with --method: group/directory name")
     parser.add_argument("--output-root", help="replaces the grid's output_root")
@@ -330,9 +331,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.method is not None:
             iterations = budget_iterations(grid, args.budget) if args.iterations is None else args.iterations
             root = resolve_root(args.output_root or grid["output_root"])
-            runs = [Run(args.method, args.seed, iterations, args.experiment, root)]
+            runs = [Run(args.method, 1 if args.seed is None else args.seed, iterations, args.experiment, root)]
         else:
             runs = grid_runs(grid, args.budget, args.output_root)
+            if args.seed is not None:
+                if args.seed not in grid["seeds"]:
+                    raise GridError(f"--seed {args.seed}: the grid's seeds are {', '.join(map(str, grid['seeds']))}")
+                runs = [run for run in runs if run.seed == args.seed]
     except GridError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     launcher = args.launcher or grid["launcher"]

@@ -188,11 +188,18 @@ BAD_INPUT = {
     "--nnodes, python launcher": ({}, ["--nnodes", "2", "--rdzv-endpoint", "n:1", "--launcher", "python"],
                                   "--nnodes needs a Lamorel launcher: add --launcher multi_node"),
     "--rdzv-id not an integer": ({}, ["--rdzv-id", "8-0"], "argument --rdzv-id: invalid int value: '8-0'"),
+    "--seed not in the grid": ({}, ["--seed", "9"], "--seed 9: the grid's seeds are 1, 2, 3"),
     "--check, unknown key": ({}, ["--check", "--setting", "offline", "rl_script_args.teacher_lrr=1"],
                              "unknown key 'rl_script_args.teacher_lrr'; did you mean rl_script_args.teacher_lr=1?"),
     "--check, bad value": ({}, ["--check", "--setting", "offline", "rl_script_args.teacher_lr=-1"],
                            "rl_script_args.teacher_lr must be >= 0.0, got -1"),
 }
+
+
+def test_seed_keeps_that_seeds_runs_in_array_order():
+    every = run_plan("--list", "--python", "python").stdout.splitlines()
+    seed2 = run_plan("--list", "--python", "python", "--seed", 2).stdout.splitlines()
+    assert seed2 == [cmd for cmd in every if "rl_script_args.seed=2 " in cmd] and len(seed2) == 4
 
 
 def test_check_passes_a_good_run_and_creates_nothing(tmp_path):
