@@ -110,11 +110,13 @@ def _read_metrics(path: Path) -> list[dict]:
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            rows = list(reader)
+            rows, header = list(reader), reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise _bad_file(path, f"cannot be read ({error})") from None
-    missing = [c for c in required if c not in (reader.fieldnames or [])]
-    columns = required + tuple(c for c in AGENTS if c in (reader.fieldnames or []))
+    if not header:  # a run that has not finished its first iteration
+        return []
+    missing = [c for c in required if c not in header]
+    columns = required + tuple(c for c in AGENTS if c in header)
     if missing:
         raise _bad_file(path, f"has no column {', '.join(missing)}")
     values = []

@@ -56,6 +56,14 @@ def test_summary_from_run_directories(tmp_path):
     assert table["student"]["reached_return_0.8"] == 0
 
 
+def test_a_run_that_has_not_finished_an_iteration_is_left_out(tmp_path):
+    write_run(tmp_path / "a" / "s1", "bidir", 1, [0.0, 0.9])
+    write_run(tmp_path / "b" / "s1", "glam", 1, [])  # header only
+    write_run(tmp_path / "c" / "s1", "t2s", 1, [])
+    (tmp_path / "c" / "s1" / "metrics.csv").write_text("")  # created, not yet written
+    assert list(load_runs([str(tmp_path / "*" / "*")])) == ["bidir"]
+
+
 def test_plan_layout_groups_by_variant_and_pairs_seeds(tmp_path):
     # <experiment>/<variant>/seed<N>: an ablation of bidir is its own group
     write_run(tmp_path / "x" / "bidir" / "seed1", "bidir", 1, [0.5, 0.9])
