@@ -199,22 +199,47 @@ def trainer_overrides(run: Run, setting: str) -> list[str]:
     ]
 
 
-def check_run_config(run: Run, setting: str, overrides: list[str]):
-    """Checks the run's config as bidir.train does before it starts (key names, values, the model,
-    the output folder), creating nothing; raises GridError with the trainer's message. Sbatch
-    scripts call it once (`--check`), so that bad input is not reported once per SLURM task."""
-    from hydra import compose, initialize_config_module
+def check_run_config(run: Run, setting: str, launcher: str = "python", overrides: list[str] = (),
+                     rendezvous: Rendezvous | None = None):
+    """Checks the config the run's command composes as bidir.train does before it starts (key
+    names, values, the model, the output folder, a resumed run's saved config), creating nothing;
+    raises GridError with the trainer's message. Sbatch scripts call it once (`--check`), so that
+    bad input is not reported once per SLURM task."""
+    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from bidir.checks import UsageError, check_config, check_override_keys
-    hydra_overrides = merge_overrides(trainer_overrides(run, setting), overrides)
+    config_dir, config_name, hydra_overrides = trainer_config(run, setting, launcher, overrides, rendezvous)
     try:
         check_override_keys(hydra_overrides)
-        with initialize_config_module("bidir.conf", version_base=None):
-            check_config(compose("config", overrides=hydra_overrides))
+        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+            check_config(compose(config_name, overrides=hydra_overrides))
     except (UsageError, HydraException, OmegaConfBaseException) as error:
         raise GridError(str(error).splitlines()[0]) from None
+
+
+def trainer_config(run: Run, setting: str, launcher: str = "python", overrides: list[str] = (),
+                   rendezvous: Rendezvous | None = None) -> tuple[Path, str, list[str]]:
+    """The trainer's config for `run`: (config directory, config name, hydra overrides).
+
+    launcher "python" is bidir's own config; any other value names a config in lamorel_configs/
+    (local_cpu, local_gpu, multi_node), which extends it; a multi-node process (`rendezvous`) also
+    sets Lamorel's multinode arguments."""
+    run_overrides = trainer_overrides(run, setting)
+    if launcher == "python":
+        return REPO / "bidir" / "conf", "config", merge_overrides(run_overrides, list(overrides))
+    lamorel_overrides = [f"rl_script_args.path={REPO / 'bidir' / 'train.py'}"]
+    multinode = [] if rendezvous is None else [
+        "lamorel_args.distributed_setup_args.multinode=true",
+        f"lamorel_args.distributed_setup_args.multinode_args.main_process_ip="
+        f"{rendezvous.endpoint.rsplit(':', 1)[0]}",
+        f"lamorel_args.distributed_setup_args.multinode_args.main_process_port="
+        f"{rendezvous.endpoint.rsplit(':', 1)[1]}",
+        f"lamorel_args.distributed_setup_args.multinode_args.experiment_id={rendezvous.rdzv_id}",
+    ]
+    return (REPO / "lamorel_configs", launcher,
+            merge_overrides(lamorel_overrides, run_overrides, multinode, list(overrides)))
 
 
 def command(
@@ -225,37 +250,24 @@ def command(
     python: str = sys.executable,
     rendezvous: Rendezvous | None = None,
 ) -> list[str]:
-    """The command line that trains `run`.
+    """The command line that trains `run` (with `trainer_config`'s config).
 
     launcher "python" runs the trainer in-process (`python -m bidir.train`); any other value
-    names a config in lamorel_configs/ (local_cpu, local_gpu, multi_node) for lamorel_launcher.
-    With `rendezvous`, the command is the torchrun call that lamorel_launcher's multinode mode
-    means to make: Lamorel v0.3 passes `--standalone False` to torchrun, which argparse reads as
-    `--standalone` followed by the script name, so the rendezvous arguments are lost and every
-    process waits alone forever.
+    names a config in lamorel_configs/ for lamorel_launcher. With `rendezvous`, the command is the
+    torchrun call that lamorel_launcher's multinode mode means to make: Lamorel v0.3 passes
+    `--standalone False` to torchrun, which argparse reads as `--standalone` followed by the script
+    name, so the rendezvous arguments are lost and every process waits alone forever.
     """
-    run_overrides = trainer_overrides(run, setting)
-    script = REPO / "bidir" / "train.py"
+    config_dir, config_name, hydra_overrides = trainer_config(run, setting, launcher, overrides, rendezvous)
     if launcher == "python":
-        return [python, "-m", "bidir.train"] + merge_overrides(run_overrides, list(overrides))
-    lamorel_overrides = [f"rl_script_args.path={script}"]
+        return [python, "-m", "bidir.train"] + hydra_overrides
     if rendezvous is None:
-        head = [python, "-m", "lamorel_launcher.launch",
-                "--config-path", str(REPO / "lamorel_configs"), "--config-name", launcher]
-        return head + merge_overrides(lamorel_overrides, run_overrides, list(overrides))
-    head = [python, "-m", "torch.distributed.run",
-            f"--nnodes={rendezvous.nnodes}", "--nproc_per_node=1", "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={rendezvous.endpoint}", f"--rdzv-id={rendezvous.rdzv_id}", str(script)]
-    multinode = [
-        "lamorel_args.distributed_setup_args.multinode=true",
-        f"lamorel_args.distributed_setup_args.multinode_args.main_process_ip="
-        f"{rendezvous.endpoint.rsplit(':', 1)[0]}",
-        f"lamorel_args.distributed_setup_args.multinode_args.main_process_port="
-        f"{rendezvous.endpoint.rsplit(':', 1)[1]}",
-        f"lamorel_args.distributed_setup_args.multinode_args.experiment_id={rendezvous.rdzv_id}",
-    ]
-    return (head + merge_overrides(lamorel_overrides, run_overrides, multinode, list(overrides))
-            + [f"--config-path={REPO / 'lamorel_configs'}", f"--config-name={launcher}"])
+        return [python, "-m", "lamorel_launcher.launch", "--config-path", str(config_dir),
+                "--config-name", config_name] + hydra_overrides
+    return ([python, "-m", "torch.distributed.run", f"--nnodes={rendezvous.nnodes}", "--nproc_per_node=1",
+             "--rdzv-backend=c10d", f"--rdzv-endpoint={rendezvous.endpoint}", f"--rdzv-id={rendezvous.rdzv_id}",
+             str(REPO / "bidir" / "train.py")]
+            + hydra_overrides + [f"--config-path={config_dir}", f"--config-name={config_name}"])
 
 
 def run_local(commands: list[list[str]], logs: list[Path] | None = None, jobs: int = 1) -> int:
@@ -347,10 +359,11 @@ def main(argv: list[str] | None = None) -> int:
         print(len(runs))
         return 0
     overrides = merge_overrides(grid.get("overrides") or [], args.overrides)
+    rendezvous = Rendezvous(args.nnodes, args.rdzv_endpoint, args.rdzv_id) if args.nnodes else None
     if args.check:
         try:
             for run in runs:
-                check_run_config(run, args.setting or grid["setting"], overrides)
+                check_run_config(run, args.setting or grid["setting"], launcher, overrides, rendezvous)
         except GridError as error:
             parser.exit(2, f"{parser.prog}: error: {error}\n")
     commands = [
@@ -360,8 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             launcher=launcher,
             overrides=overrides,
             python=args.python,
-            rendezvous=(Rendezvous(args.nnodes, args.rdzv_endpoint, args.rdzv_id)
-                        if args.nnodes else None),
+            rendezvous=rendezvous,
         )
         for run in runs
     ]

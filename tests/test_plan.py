@@ -202,6 +202,27 @@ def test_seed_keeps_that_seeds_runs_in_array_order():
     assert seed2 == [cmd for cmd in every if "rl_script_args.seed=2 " in cmd] and len(seed2) == 4
 
 
+def test_check_of_a_multinode_restart_accepts_the_runs_own_config(tmp_path):
+    # what train_multinode.sbatch checks when a requeued job starts again: the run's saved config
+    # was composed with Lamorel's multinode arguments, and only the rendezvous id differs now
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    run = plan.Run("student", 1, 40, "default", tmp_path)
+    config_dir, name, overrides = plan.trainer_config(run, "offline", "multi_node", [],
+                                                      plan.Rendezvous(2, "n1:25001", 7000))
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        config = compose(name, overrides=overrides)
+    (run.output_dir / "checkpoints" / "iter_000001").mkdir(parents=True)
+    OmegaConf.save(config, run.output_dir / "config.yaml", resolve=True)
+    common = ["--method", "student", "--setting", "offline", "--launcher", "multi_node", "--nnodes", 2,
+              "--rdzv-endpoint", "n1:25001", "--rdzv-id", 7001, "--output-root", tmp_path, "--check"]
+    assert run_plan(*common).returncode == 0
+    changed = run_plan(*common, "rl_script_args.student_lr=0.01", check=False)
+    assert changed.returncode == 2 and "holds a run with another configuration: rl_script_args.student_lr" \
+        in changed.stderr, changed.stderr
+
+
 def test_check_passes_a_good_run_and_creates_nothing(tmp_path):
     out = run_plan("--method", "student", "--setting", "offline", "--check", "--output-root", tmp_path / "runs",
                    "rl_script_args.student_epochs=8").stdout
