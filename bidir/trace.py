@@ -67,7 +67,7 @@ def trace_episode(config, student, teacher, mode: str, seed: int, iteration: int
     obs, infos = envs.reset()
     history.start(0, infos[0])
     mission = history.missions[0]
-    steps, frames, values, queried, phases = [], [], [], [], Phases()
+    steps, frames, queried, phases = [], [], [], Phases()
     while True:
         frames.append(envs.envs[0].unwrapped.get_frame(tile_size=32))
         step = acting.act(obs, history, eps, phases)
@@ -78,16 +78,15 @@ def trace_episode(config, student, teacher, mode: str, seed: int, iteration: int
                                 instructions[step.instruction[0]] if teacher else None, bool(step.shown[0]),
                                 "teacher" if executed else "student", instructions[step.action[0]],
                                 float(reward[0]), float(step.value[0]) if student else None, None))
-        values.append(step.value[0])
         queried.append(bool(step.queried[0]) and not executed)
         if done[0]:
             break
     if method.critique and args.critique_imitation > 0 and student is not None and teacher is not None:
         rewards = np.array([[s.reward] for s in steps], np.float32)
+        student_values = np.array([[s.student_value] for s in steps], np.float32)
         dones = np.zeros_like(rewards, bool)
         dones[-1] = True
-        advantages, _ = gae(rewards, np.array(values, np.float32)[:, None], dones, np.zeros(1, np.float32),
-                            args.gamma, args.lam)
+        advantages, _ = gae(rewards, student_values, dones, np.zeros(1, np.float32), args.gamma, args.lam)
         for s, a, q in zip(steps, advantages[:, 0], queried):
             s.critique = float(a) if q else None
     return mission, steps, frames, infos[0]["episode"]
