@@ -5,7 +5,8 @@ and three references on the same episodes: uniform instructions, the offline tea
 1001 and up (bidir-eval and the study use seed 0).
 
     python experiments/prompting.py --model /work/models/smollm2 [--formats bidir glam chat]
-        [--chunks 2] [--chunk-episodes 10] [--out experiments/results/prompting]
+        [--chunks 2] [--chunk-episodes 10] [--out experiments/results/prompting] [--env-id LEVEL]
+    python experiments/prompting.py --formats --references --env-id LEVEL --out DIR   # references only
 
 Episodes run in chunks of `--chunk-episodes` environments, chunk c on evaluation seed
 `--first-seed` + c, every choice on the same chunks. Each (choice, chunk) is written to
@@ -92,9 +93,9 @@ class UniformTeacher:
         return np.full((len(prompts), self.k), 1.0 / self.k), np.zeros(len(prompts), np.float32)
 
 
-def bot_episodes(instructions, episodes: int, seed: int) -> list[dict]:
+def bot_episodes(env_id: str, instructions, episodes: int, seed: int) -> list[dict]:
     """The BabyAI bot acting in the environments `play_episodes` would use for `seed`."""
-    envs = TextVecEnv(ENV_ID, episodes, EVAL_SEED_BASE + seed, instructions)
+    envs = TextVecEnv(env_id, episodes, EVAL_SEED_BASE + seed, instructions)
     envs.reset()
     bots = [BabyAIBot(env.unwrapped) for env in envs.envs]
     index = {action: i for i, action in enumerate(instruction_actions(instructions))}
@@ -123,6 +124,9 @@ def summary(episodes: list[dict]) -> dict:
 def tables(out: Path) -> dict[str, str]:
     """The table recomputed from every episode file under `out`: file name -> text."""
     records = [json.loads(path.read_text()) for path in sorted((out / "episodes").glob("*.json"))]
+    levels = sorted({record["env_id"] for record in records})
+    if len(levels) > 1:
+        raise ValueError(f"{out / 'episodes'} mixes episodes of {', '.join(levels)}: one level per --out")
     seeds: dict[str, set] = {}
     for record in records:
         seeds.setdefault(record["choice"], set()).add(record["seed"])
@@ -148,14 +152,14 @@ def write_table(out: Path) -> str:
     return (out / "table.md").read_text()
 
 
-def run_chunk(out: Path, choice: str, seed: int, play) -> None:
-    """Plays one chunk of `choice` unless its file exists; writes its episodes."""
+def run_chunk(out: Path, env_id: str, choice: str, seed: int, play) -> None:
+    """Plays one chunk of `choice` on `env_id` unless its file exists; writes its episodes."""
     path = out / "episodes" / f"{choice.replace('/', '_')}_seed{seed}.json"
     if path.exists():
         return
     start = time.time()
     episodes = play()
-    path.write_text(json.dumps({"choice": choice, "seed": seed, "env_id": ENV_ID, "episodes": episodes,
+    path.write_text(json.dumps({"choice": choice, "seed": seed, "env_id": env_id, "episodes": episodes,
                                 "wall_s": round(time.time() - start, 1)}))
     r = summary(episodes)
     print(f"{choice:12s} seed {seed}: return {r['return_mean']:.3f} success {r['success_rate']:.2f} "
@@ -172,6 +176,7 @@ def main():
     parser.add_argument("--first-seed", type=int, default=1001, help="tuning seeds only: keep above 1000")
     parser.add_argument("--out", type=Path, default=Path("experiments/results/prompting"))
     parser.add_argument("--table", action="store_true", help="only recompute the table")
+    parser.add_argument("--env-id", default=ENV_ID, help="the level, or a mix (default: %(default)s)")
     options = parser.parse_args()
     torch.set_num_threads(1)  # small models gain nothing from more; the machine is shared
     quiet_libraries()
@@ -195,10 +200,11 @@ def main():
         for chunk in range(options.chunks):  # chunk by chunk: every choice has as many episodes when stopped
             seed = options.first_seed + chunk
             for choice, teacher in teachers.items():
-                run_chunk(options.out, choice, seed, lambda: play_episodes(
-                    "teacher_alone", ENV_ID, instructions, options.chunk_episodes, seed, teacher=teacher))
+                run_chunk(options.out, options.env_id, choice, seed, lambda: play_episodes(
+                    "teacher_alone", options.env_id, instructions, options.chunk_episodes, seed, teacher=teacher))
             if options.references:
-                run_chunk(options.out, "bot", seed, lambda: bot_episodes(instructions, options.chunk_episodes, seed))
+                run_chunk(options.out, options.env_id, "bot", seed,
+                          lambda: bot_episodes(options.env_id, instructions, options.chunk_episodes, seed))
     print(write_table(options.out))
 
 

@@ -7,8 +7,9 @@ A study is a folder `experiments/results/<study>/` holding its per-run data, of 
 - training runs, `runs/<group>/seed<N>/` (each run's metrics.csv, eval.json, eval_start.json where
   the teacher learns, and config.yaml, as the run wrote them): its tables are what `bidir-compare`
   and `experiments/claims.py` make of those runs;
-- evaluation episodes, `episodes/*.json` (`prompting.py`): its table is what `prompting.py` makes
-  of them, and `agreement.md` what `prompting_agreement.py` makes of `agreement.json`.
+- evaluation episodes, `episodes/*.json` (`prompting.py`), or `<level>/episodes/*.json` for
+  several levels: its table is what `prompting.py` makes of them, and `agreement.md` what
+  `prompting_agreement.py` makes of `agreement.json`.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def studies(root: Path = RESULTS) -> list[Path]:
     """The study folders that hold per-run data."""
-    return sorted(path.parent for kind in ("runs", "episodes") for path in root.glob(f"*/{kind}") if path.is_dir())
+    patterns = ("*/runs", "*/episodes", "*/*/episodes")  # episodes of several levels: <study>/<level>/episodes
+    return sorted(path.parent for pattern in patterns for path in root.glob(pattern) if path.is_dir())
 
 
 def tables(study: Path) -> dict[str, str]:
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
                 path.write_text(text)
         if not options.check and (study / "runs").is_dir():
             plot(load_runs([str(study / "runs" / "*" / "seed*")]), study / "comparison.png", title=study.name)
-        print(f"{study.name}: {'checked' if options.check else 'written'}")
+        print(f"{study.relative_to(options.root)}: {'checked' if options.check else 'written'}")
     for path in differing:
         print(f"recompute.py: {path} differs from what its runs give (rerun without --check to rewrite it)",
               file=sys.stderr)

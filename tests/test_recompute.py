@@ -1,6 +1,7 @@
 """experiments/recompute.py: every committed study table is what its committed per-run data give,
 and a change to that data is caught."""
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ def test_committed_tables_are_recomputed_from_committed_runs(capsys):
 
 
 def test_a_changed_run_is_caught(tmp_path, capsys):
-    study = recompute.studies()[0]
+    study = next(s for s in recompute.studies() if (s / "runs").is_dir())
     copy = tmp_path / study.name
     shutil.copytree(study, copy)
     metrics = sorted(copy.glob("runs/*/seed*/metrics.csv"))[0]
@@ -37,7 +38,7 @@ def test_no_study_is_an_error(tmp_path):
 
 
 def test_a_changed_episode_is_caught(tmp_path, capsys):
-    study = next(s for s in recompute.studies() if (s / "episodes").is_dir())
+    study = next(s for s in recompute.studies() if (s / "episodes" / "uniform_seed1001.json").exists())
     copy = tmp_path / study.name
     shutil.copytree(study, copy)
     path = copy / "episodes" / "uniform_seed1001.json"
@@ -46,3 +47,24 @@ def test_a_changed_episode_is_caught(tmp_path, capsys):
     path.write_text(json.dumps(record))
     assert recompute.main(["--check", "--root", str(tmp_path)]) == 1
     assert f"{copy / 'table.md'} differs" in capsys.readouterr().err
+
+
+def test_each_level_of_a_study_of_levels_is_recomputed(tmp_path):
+    for level in ("BabyAI-GoToLocal-v0", "BabyAI-GoToLocal-v0+BabyAI-PickupLoc-v0"):
+        (tmp_path / "references" / level / "episodes").mkdir(parents=True)
+    (tmp_path / "references" / "notes").mkdir()
+    assert recompute.studies(tmp_path) == [tmp_path / "references" / "BabyAI-GoToLocal-v0",
+                                           tmp_path / "references" / "BabyAI-GoToLocal-v0+BabyAI-PickupLoc-v0"]
+
+
+def test_episodes_of_two_levels_in_one_table_are_refused(tmp_path):
+    study = next(s for s in recompute.studies() if (s / "episodes" / "uniform_seed1001.json").exists())
+    copy = tmp_path / study.name
+    shutil.copytree(study, copy)
+    path = copy / "episodes" / "uniform_seed1001.json"
+    record = json.loads(path.read_text())
+    level = record["env_id"]
+    record["env_id"] = "BabyAI-ActionObjDoor-v0"
+    path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=re.escape(f"mixes episodes of BabyAI-ActionObjDoor-v0, {level}: one level per --out")):
+        recompute.tables(copy)
