@@ -40,6 +40,7 @@ RANGES = {  # bounds (inclusive, None: open) beyond the type, for keys whose non
     "rl_script_args.eval_episodes": (0, None),
     "rl_script_args.eval_every": (0, None),
     "rl_script_args.eval_every_episodes": (1, None),
+    "rl_script_args.return_threshold": (0.0, 1.0),
     "rl_script_args.keep_checkpoints": (1, None),
     "rl_script_args.torch_threads": (0, None),
     "rl_script_args.reward_scale": (0.0, None),
@@ -58,6 +59,7 @@ WANDB_MODES = ("offline", "online", "disabled")
 RESUMABLE_CHANGES = (  # how long a run goes, where it runs and how it is shown, not what it computes
     "rl_script_args.iterations", "rl_script_args.output_dir", "rl_script_args.path",
     "rl_script_args.eval_episodes", "rl_script_args.eval_every", "rl_script_args.eval_every_episodes",
+    "rl_script_args.return_threshold",
     "rl_script_args.keep_checkpoints", "rl_script_args.torch_threads",
     "wandb.", "lamorel_args.log_level", "lamorel_args.distributed_setup_args.init_timeout",
     "lamorel_args.distributed_setup_args.timeout",

@@ -5,8 +5,9 @@ Runs are grouped by method (from each run's config.yaml), or by variant where a 
 experiments/plan.py's layout `<experiment>/<variant>/seed<N>` (an ablation or a sweep point).
 Per method, over seeds: mean ± 95% CI (Student's t) of the final mean return and success rate
 (the mean of each run's last `--last` iterations), of the held-out evaluation (eval.json), and
-the frames each run needed to reach a mean return of 0.8 and a success rate of 0.9 (curves
-smoothed over `--smooth` iterations).
+the frames each run needed to reach its level's return threshold (`rl_script_args.return_threshold`,
+0.8 unless set; one value across the runs compared) and a success rate of 0.9 (curves smoothed over
+`--smooth` iterations).
 Writes results.md, results.json and comparison.png (mean ± CI against frames; no interval for a
 method with one run, and a method whose runs are no longer than the window drawn unsmoothed).
 """
@@ -83,12 +84,22 @@ def final_mean(values: np.ndarray, last: int = 5) -> float:
     return float(np.nanmean(tail)) if np.any(~np.isnan(tail)) else float("nan")
 
 
+def return_threshold(runs: dict[str, list[dict]]) -> float:
+    """The return threshold the runs share (each run's `rl_script_args.return_threshold`); runs made
+    with different thresholds measure different things, so comparing them is a ValueError."""
+    thresholds = {r["return_threshold"] for group in runs.values() for r in group}
+    if len(thresholds) > 1:
+        raise ValueError(f"the runs use different return thresholds ({', '.join(f'{t:g}' for t in sorted(thresholds))}): "
+                         "compare runs of one level, or give them one rl_script_args.return_threshold")
+    return thresholds.pop()
+
+
 def group_name(path: Path, method: str) -> str:
     """The variant directory of plan.py's `<variant>/seed<N>` layout, else the method."""
     return path.parent.name if re.fullmatch(r"seed\d+", path.name) else method
 
 
-def frames_to_return(frames: np.ndarray, returns: np.ndarray, episodes: np.ndarray, threshold: float = 0.8,
+def frames_to_return(frames: np.ndarray, returns: np.ndarray, episodes: np.ndarray, threshold: float,
                      window: int = 5) -> float:
     """The convergence figure: frames until the `window`-iteration episode-weighted mean return
     reaches `threshold` (NaN if never)."""
@@ -139,6 +150,7 @@ def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
         try:
             config = OmegaConf.load(path / "config.yaml")
             method, seed = str(config.rl_script_args.method), int(config.rl_script_args.seed)
+            threshold = float(config.rl_script_args.get("return_threshold", 0.8))  # runs before the key: 0.8
         except (OSError, ValueError, TypeError, yaml.YAMLError, OmegaConfBaseException) as error:
             raise _bad_file(path / "config.yaml", f"is not a run's configuration ({error})") from None
         rows = _read_metrics(path / "metrics.csv")
@@ -155,7 +167,7 @@ def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
         runs[group_name(path, method)].append({
             "path": str(path), "seed": seed, "frames": column("frames"),
             "return": column("return_mean"), "success": column("success_rate"), "episodes": column("episodes"),
-            "eval": evaluation, "wall_time_s": rows[-1]["wall_time_s"],
+            "eval": evaluation, "wall_time_s": rows[-1]["wall_time_s"], "return_threshold": threshold,
             "agents": {key: column(key) for key in AGENTS if key in rows[0]}})
     if not runs:
         raise ValueError(f"no run directories (with config.yaml and metrics.csv) in {' '.join(patterns)}")
@@ -177,6 +189,7 @@ def load_wandb_runs(project: str, group: str | None) -> dict[str, list[dict]]:
             "path": run.url, "seed": run.config["rl_script_args"]["seed"], "frames": column("frames"),
             "return": column("return_mean"), "success": column("success_rate"), "episodes": column("episodes"),
             "eval": dict(run.summary.get("eval", {})),
+            "return_threshold": float(run.config["rl_script_args"].get("return_threshold", 0.8)),
             "wall_time_s": float(run.summary.get("wall_time_s", np.nan))})
     if not runs:
         raise ValueError(f"no bidir runs in W&B project {project}" + (f", group {group}" if group else ""))
@@ -184,19 +197,22 @@ def load_wandb_runs(project: str, group: str | None) -> dict[str, list[dict]]:
 
 
 def summarize(runs: dict[str, list[dict]], last: int = 5, window: int = 5) -> dict:
-    """Per method: seeds, final return/success, held-out evaluation, frames to thresholds."""
+    """Per method: seeds, final return/success, held-out evaluation, frames to thresholds (the
+    return's, `return_threshold`, is in the key: frames_to_return_0.8)."""
+    threshold = return_threshold(runs)
     table = {}
     for method in sorted(runs, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
         group = runs[method]
         final_return = [final_mean(r["return"], last) for r in group]
         final_success = [final_mean(r["success"], last) for r in group]
-        to_return = [frames_to_return(r["frames"], r["return"], r["episodes"], 0.8, window) for r in group]
+        to_return = [frames_to_return(r["frames"], r["return"], r["episodes"], threshold, window) for r in group]
         to_success = [frames_to(r["frames"], smooth(r["success"], r["episodes"], window), 0.9) for r in group]
         modes = sorted({mode for r in group for mode in r["eval"]})
         table[method] = {
             "seeds": len(group),
             "final_return": mean_ci(final_return), "final_success": mean_ci(final_success),
-            "frames_to_return_0.8": mean_ci(to_return), "reached_return_0.8": int(np.sum(~np.isnan(to_return))),
+            f"frames_to_return_{threshold:g}": mean_ci(to_return),
+            f"reached_return_{threshold:g}": int(np.sum(~np.isnan(to_return))),
             "frames_to_success_0.9": mean_ci(to_success), "reached_success_0.9": int(np.sum(~np.isnan(to_success))),
             "eval": {mode: {key: mean_ci([r["eval"][mode][key] for r in group if mode in r["eval"]])
                             for key in ("success_rate", "return_mean", "episode_length_mean")} for mode in modes},
@@ -214,13 +230,15 @@ def _fmt(pair, digits=3) -> str:
 
 def markdown(table: dict) -> str:
     """The results table in Markdown."""
-    lines = ["| method | n (seeds) | final return | final success | frames to return 0.8 | frames to success 0.9 "
+    threshold = next(key for key in next(iter(table.values())) if key.startswith("frames_to_return_")).removeprefix(
+        "frames_to_return_")
+    lines = [f"| method | n (seeds) | final return | final success | frames to return {threshold} | frames to success 0.9 "
              "| held-out return (mode) | wall time s |", "|---|---|---|---|---|---|---|---|"]
     for method, r in table.items():
         held_out = "; ".join(f"{_fmt(v['return_mean'])} ({mode})" for mode, v in r["eval"].items()) or "n/a"
         lines.append(
             f"| {method} | {r['seeds']} | {_fmt(r['final_return'])} | {_fmt(r['final_success'])} "
-            f"| {_fmt(r['frames_to_return_0.8'], 0)} ({r['reached_return_0.8']}/{r['seeds']} reached) "
+            f"| {_fmt(r[f'frames_to_return_{threshold}'], 0)} ({r[f'reached_return_{threshold}']}/{r['seeds']} reached) "
             f"| {_fmt(r['frames_to_success_0.9'], 0)} ({r['reached_success_0.9']}/{r['seeds']} reached) "
             f"| {held_out} | {_fmt(r['wall_time_s'], 0)} |")
     lines.append("\nmean ± 95% CI (Student's t) over the n runs of a method; a single run has no interval.")
@@ -346,6 +364,7 @@ def main(argv=None):
         parser.error(f"--out {options.out}: {existing} is not a writable directory; choose another --out")
     try:
         runs = load_wandb_runs(options.wandb, options.group) if options.wandb else load_runs(options.runs)
+        return_threshold(runs)
     except ValueError as error:
         parser.exit(2, f"bidir-compare: error: {error}\n")
     for warning in budget_warnings(runs, options.smooth):

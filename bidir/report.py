@@ -86,7 +86,7 @@ def evaluate_teacher_at_start(config, method, trainer):
 
 def finish_run(config, trainer, latest_checkpoint) -> dict:
     """Plots the curve, evaluates on held-out seeds, writes eval.json and prints the summary:
-    the final return, the frames to a return of 0.8, and the held-out figures (with the teacher
+    the final return, the frames to `return_threshold`, and the held-out figures (with the teacher
     before training, where it learned). Returns the held-out results (mode -> figures)."""
     args = config.rl_script_args
     out = Path(args.output_dir)
@@ -106,9 +106,11 @@ def finish_run(config, trainer, latest_checkpoint) -> dict:
           f"{trainer.wall_time:.0f} s")
     if rows:
         returns, episodes = np.array(_floats(rows, "return_mean")), np.array(_floats(rows, "episodes"))
-        reached = frames_to_return(np.array(_floats(rows, "frames")), returns, episodes)
+        threshold = args.return_threshold
+        reached = frames_to_return(np.array(_floats(rows, "frames")), returns, episodes, threshold)
         print(f"training: final return {final_mean(returns):.3f} (mean of the last 5 iterations); "
-              + (f"return 0.8 reached at {reached:,.0f} frames" if reached == reached else "return 0.8 not reached")
+              + (f"return {threshold:g} reached at {reached:,.0f} frames" if reached == reached
+                 else f"return {threshold:g} not reached")
               + " (episode-weighted mean over 5 iterations)")
     if results:
         shown = dict(results)

@@ -5,7 +5,8 @@
 Each line compares two groups (methods or variants, as bidir-compare groups them) on one figure:
 both groups' mean ± 95% CI with n, and the mean ± 95% CI of the per-seed difference A - B over
 the seeds both ran (same seed, same training environments; held-out episodes are the same for
-every run). A comparison whose groups are missing is skipped.
+every run). A comparison whose groups are missing is skipped. Convergence is measured at the runs'
+return threshold (`rl_script_args.return_threshold`, suited to their level; 0.8 unless set).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bidir.compare import final_mean, frames_to_return, load_runs, mean_ci, paired_difference, smooth
+from bidir.compare import final_mean, frames_to_return, load_runs, mean_ci, paired_difference, return_threshold, smooth
 
 
 def final_return(run, last=5):
@@ -22,9 +23,10 @@ def final_return(run, last=5):
     return final_mean(run["return"], last)
 
 
-def frames_to_08(run):
-    """Frames until the 5-iteration episode-weighted mean return reaches 0.8 (NaN: never)."""
-    return frames_to_return(run["frames"], run["return"], run["episodes"])
+def frames_to_threshold(run):
+    """Frames until the 5-iteration episode-weighted mean return reaches the run's return threshold
+    (NaN: never)."""
+    return frames_to_return(run["frames"], run["return"], run["episodes"], run["return_threshold"])
 
 
 def return_last_50(run):
@@ -33,11 +35,11 @@ def return_last_50(run):
     return float(smooth(run["return"], run["episodes"], min(50, len(run["return"])))[-1])
 
 
-def lowest_after_08(run):
+def lowest_after_threshold(run):
     """Stability: the lowest 5-iteration episode-weighted mean return from the iteration where it
-    first reached 0.8 on (NaN: never reached)."""
+    first reached the run's return threshold on (NaN: never reached)."""
     curve = smooth(run["return"], run["episodes"], 5)
-    reached = np.flatnonzero(curve >= 0.8)
+    reached = np.flatnonzero(curve >= run["return_threshold"])
     return float(np.nanmin(curve[reached[0]:])) if len(reached) else float("nan")
 
 
@@ -46,11 +48,13 @@ def held_out(mode):
     return lambda run: float(run["eval"].get(mode, {}).get("return_mean", np.nan))
 
 
-FIGURES = {
+TO_THRESHOLD = "frames to return {threshold}"
+AFTER_THRESHOLD = "lowest 5-iteration return after reaching {threshold}"
+FIGURES = {  # a name with {threshold} gets the runs' return threshold in the table
     "final return": final_return,
-    "frames to return 0.8": frames_to_08,
+    TO_THRESHOLD: frames_to_threshold,
     "return, last 50 iterations (or all)": return_last_50,
-    "lowest 5-iteration return after reaching 0.8": lowest_after_08,
+    AFTER_THRESHOLD: lowest_after_threshold,
     "held-out return, student alone": held_out("student_alone"),
     "held-out return, teacher alone": held_out("teacher_alone"),
     "held-out return, student with teacher": held_out("student_with_teacher"),
@@ -60,21 +64,21 @@ FIGURES = {
 
 COMPARISONS = [  # (claim, A, B, figures)
     ("paper: bidir vs glam", "bidir", "glam",
-     ["final return", "frames to return 0.8", "return, last 50 iterations (or all)",
-      "lowest 5-iteration return after reaching 0.8"]),
+     ["final return", TO_THRESHOLD, "return, last 50 iterations (or all)",
+      AFTER_THRESHOLD]),
     ("teacher -> student: bidir's student vs the RL-only student", "bidir", "student",
-     ["held-out return, student alone", "final return", "frames to return 0.8", "return, last 50 iterations (or all)"]),
+     ["held-out return, student alone", "final return", TO_THRESHOLD, "return, last 50 iterations (or all)"]),
     ("student -> teacher: bidir's teacher vs the frozen teacher (t2s)", "bidir", "t2s",
      ["held-out return, teacher alone"]),
     ("student -> teacher: each teacher's gain over its start", "bidir", "glam",
      ["held-out return, teacher alone - teacher at start"]),
     ("student -> teacher: bidir's teacher vs glam's", "bidir", "glam", ["held-out return, teacher alone"]),
     ("the critique's own effect: bidir vs bidir without it", "bidir", "bidir-no-critique",
-     ["held-out return, teacher alone", "held-out return, student alone", "final return", "frames to return 0.8"]),
+     ["held-out return, teacher alone", "held-out return, student alone", "final return", TO_THRESHOLD]),
     ("ablation: bidir vs bidir without the acting mixture", "bidir", "bidir-no-mixture",
-     ["final return", "frames to return 0.8", "held-out return, teacher alone", "held-out return, student alone"]),
+     ["final return", TO_THRESHOLD, "held-out return, teacher alone", "held-out return, student alone"]),
     ("ablation: bidir vs bidir without distillation", "bidir", "bidir-no-distill",
-     ["final return", "frames to return 0.8", "held-out return, student alone"]),
+     ["final return", TO_THRESHOLD, "held-out return, student alone"]),
     ("t2s vs the RL-only student", "t2s", "student", ["held-out return, student alone", "final return"]),
 ]
 
@@ -104,11 +108,12 @@ def claims_table(runs: dict) -> str:
         name = f"frames for the teacher alone to reach glam's final teacher-alone return ({threshold:.3f})"
         figures_by_name[name] = teacher_frames_to(threshold)
         comparisons.append(("student -> teacher: how soon bidir's teacher plays as glam's ends", "bidir", "glam", [name]))
+    level_threshold = f"{return_threshold(runs):g}"
     for claim, a, b, figures in comparisons:
         if a not in runs or b not in runs:
             continue
-        for name in figures:
-            figure = figures_by_name[name]
+        for key in figures:
+            figure, name = figures_by_name[key], key.format(threshold=level_threshold)
             digits = 0 if name.startswith("frames") else 3
             cells = []
             for group in (a, b):
@@ -136,10 +141,9 @@ def main(argv=None):
                          f"{'a directory' if options.out.is_dir() else 'a file'}; name a file to write, "
                          "e.g. results/claims.md")
     try:
-        runs = load_runs(options.runs)
-    except ValueError as error:  # no runs, or a run file that cannot be read
+        table = claims_table(load_runs(options.runs))
+    except ValueError as error:  # no runs, a run file that cannot be read, or runs of two thresholds
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    table = claims_table(runs)
     print(table)
     if options.out:
         options.out.parent.mkdir(parents=True, exist_ok=True)

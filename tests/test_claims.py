@@ -17,7 +17,7 @@ def run(returns, episodes=None, seed=1):
     returns = np.array(returns, dtype=float)
     episodes = np.ones(len(returns)) if episodes is None else np.array(episodes, dtype=float)
     return {"seed": seed, "return": returns, "episodes": episodes, "frames": 256.0 * np.arange(1, len(returns) + 1),
-            "eval": {}}
+            "eval": {}, "return_threshold": 0.8}
 
 
 # 5-iteration means from iteration 5 on: 0.82, 0.90, 0.84, 0.78, 0.78, 0.78
@@ -25,14 +25,14 @@ DIP = [0.5, 0.9, 0.9, 0.9, 0.9, 0.9, 0.6, 0.6, 0.9, 0.9]
 
 
 def test_lowest_after_reaching_08_is_the_dip_after_the_first_crossing():
-    assert math.isclose(claims.lowest_after_08(run(DIP)), 0.78)
-    assert math.isclose(claims.frames_to_08(run(DIP)), 5 * 256)
+    assert math.isclose(claims.lowest_after_threshold(run(DIP)), 0.78)
+    assert math.isclose(claims.frames_to_threshold(run(DIP)), 5 * 256)
 
 
 def test_lowest_after_08_ignores_what_came_before_the_crossing_and_is_nan_if_never_reached():
     early_dip = [0.1] * 5 + [0.9] * 10  # 5-iteration means 0.1, 0.26, ..., 0.74, then 0.9 from iteration 10
-    assert math.isclose(claims.lowest_after_08(run(early_dip)), 0.9)
-    assert math.isnan(claims.lowest_after_08(run([0.7] * 20)))
+    assert math.isclose(claims.lowest_after_threshold(run(early_dip)), 0.9)
+    assert math.isnan(claims.lowest_after_threshold(run([0.7] * 20)))
 
 
 def test_return_last_50_weights_by_episodes_and_uses_the_whole_run_when_shorter():
@@ -52,6 +52,17 @@ def test_claims_table_pairs_by_seed_and_skips_missing_groups():
     assert "bidir: 0.850 ± 0.635 (n=2)" in final  # t(1) 12.706 x sd 0.0707 / sqrt(2)
     groups = {cell.split(":")[0].strip() for line in table.splitlines()[2:] for cell in line.split("|")[3:5]}
     assert groups == {"bidir", "glam"}  # comparisons with student, t2s or the variants are skipped
+
+
+def test_convergence_figures_use_the_levels_return_threshold():
+    level = run([0.2] * 5 + [0.6] * 5 + [0.4] * 5) | {"return_threshold": 0.5}
+    # 5-iteration means 0.28, 0.36, 0.44 from the 6th iteration, 0.52 at the 9th; 0.4 at the 15th
+    assert claims.frames_to_threshold(level) == 9 * 256 and math.isclose(claims.lowest_after_threshold(level), 0.4)
+    table = claims.claims_table({"bidir": [level], "glam": [level | {"seed": 1}]})
+    assert "| frames to return 0.5 |" in table and "| lowest 5-iteration return after reaching 0.5 |" in table
+    assert "0.8" not in table
+    with pytest.raises(ValueError, match=r"different return thresholds \(0.5, 0.8\)"):
+        claims.claims_table({"bidir": [level], "glam": [run([0.9] * 10)]})
 
 
 CLAIMS = Path(__file__).resolve().parent.parent / "experiments" / "claims.py"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from bidir.compare import curves_figure, frames_to, load_runs, mean_ci, paired_difference, smooth, summarize
+from bidir.compare import curves_figure, frames_to, load_runs, markdown, mean_ci, paired_difference, smooth, summarize
 
 
 def test_mean_ci_uses_students_t():
@@ -33,9 +33,11 @@ def test_frames_to_threshold():
     assert math.isnan(frames_to(frames, np.array([0.5, 0.6, np.nan]), 0.8))
 
 
-def write_run(directory, method, seed, returns):
+def write_run(directory, method, seed, returns, return_threshold=None):
+    """A run directory as bidir.train leaves it (config.yaml without return_threshold: an older run)."""
     directory.mkdir(parents=True)
-    OmegaConf.save({"rl_script_args": {"method": method, "seed": seed}}, directory / "config.yaml")
+    args = {"method": method, "seed": seed} | ({"return_threshold": return_threshold} if return_threshold else {})
+    OmegaConf.save({"rl_script_args": args}, directory / "config.yaml")
     with open(directory / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, ["iteration", "frames", "success_rate", "return_mean", "episodes", "wall_time_s"])
         writer.writeheader()
@@ -54,6 +56,15 @@ def test_summary_from_run_directories(tmp_path):
     # smoothed over 2 iterations, seed 1 reaches 0.8 at frame 300 (0.9, 0.9), seed 2 at 400
     assert table["bidir"]["frames_to_return_0.8"][0] == 350.0 and table["bidir"]["reached_return_0.8"] == 2
     assert table["student"]["reached_return_0.8"] == 0
+
+
+def test_frames_to_the_levels_return_threshold_from_the_runs_config(tmp_path):
+    write_run(tmp_path / "a" / "s1", "bidir", 1, [0.2, 0.6, 0.6, 0.6], return_threshold=0.5)
+    write_run(tmp_path / "a" / "s2", "bidir", 2, [0.2, 0.2, 0.6, 0.9], return_threshold=0.5)
+    table = summarize(load_runs([str(tmp_path / "*" / "*")]), last=2, window=2)
+    # smoothed over 2 iterations, seed 1 reaches 0.5 at frame 300 (0.6, 0.6), seed 2 at 400 (0.6, 0.9)
+    assert table["bidir"]["frames_to_return_0.5"][0] == 350.0 and table["bidir"]["reached_return_0.5"] == 2
+    assert "| frames to return 0.5 |" in markdown(table).splitlines()[0]
 
 
 def test_a_run_that_has_not_finished_an_iteration_is_left_out(tmp_path):
@@ -159,6 +170,8 @@ def rewrite(path, text):
     (lambda run: rewrite(run / "config.yaml", "wandb: {mode: offline}\n"), [],
      "{run}/config.yaml: is not a run's configuration (Missing key rl_script_args"),
     (lambda run: (run / "eval.json").write_text('{"results": '), [], "{run}/eval.json: is not an evaluation ("),
+    (lambda run: write_run(run.parent / "s2", "glam", 2, [0.1, 0.2, 0.3], return_threshold=0.5), [],
+     "the runs use different return thresholds (0.5, 0.8): compare runs of one level"),
 ])
 def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, damage, args, message):
     run = tmp_path / "runs" / "s1"

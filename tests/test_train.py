@@ -87,6 +87,13 @@ def test_restarting_a_finished_run_adds_nothing(tmp_path):
     assert (out / "metrics.csv").read_text() == before
 
 
+def test_the_summary_reports_frames_to_the_levels_return_threshold(tmp_path, capsys):
+    # a return is below 1 on every episode (1 - 0.9 x steps / max_steps), so 1 is never reached
+    train(small_config(tmp_path / "run", "student", "rl_script_args.eval_episodes=0",
+                       "rl_script_args.return_threshold=1.0"))
+    assert "; return 1 not reached (episode-weighted mean over 5 iterations)" in capsys.readouterr().out
+
+
 def test_reloaded_checkpoint_gives_the_same_evaluation(tmp_path):
     out = tmp_path / "eval"
     train(small_config(out, "bidir", "rl_script_args.eval_episodes=4"))
