@@ -9,7 +9,8 @@ the frames each run needed to reach its level's return threshold (`rl_script_arg
 0.8 unless set; one value across the runs compared) and a success rate of 0.9 (curves smoothed over
 `--smooth` iterations).
 Writes results.md, results.json and comparison.png (mean ± CI against frames; no interval for a
-method with one run, and a method whose runs are no longer than the window drawn unsmoothed).
+method with one run, and a method whose runs are no longer than the window drawn unsmoothed), and
+agents.md, each agent's held-out return during training, where the runs evaluated it.
 """
 from __future__ import annotations
 
@@ -293,7 +294,7 @@ def curves_figure(runs: dict[str, list[dict]], window: int = 5, title: str = "")
             line, = ax.plot(frames, mean, marker="o" if unsmoothed else None, label=label)
             ax.fill_between(frames, mean - ci, mean + ci, alpha=0.2)
         if agents:
-            _agent_curves(axes[2], group, length, line.get_color())
+            _agent_curves(axes[2], group, line.get_color())
     labels = (f"mean return (smoothed over {window} it.)", f"success rate (smoothed over {window} it.)",
               "held-out return of each agent alone")
     for ax, label in zip(axes, labels):
@@ -311,23 +312,56 @@ def curves_figure(runs: dict[str, list[dict]], window: int = 5, title: str = "")
     return fig
 
 
-def _agent_curves(ax, group: list[dict], length: int, color):
-    """Mean ± 95% CI over the group's runs of each agent's held-out return, at the iterations
-    where they were evaluated (the same in every run of a group)."""
+def agent_curve(group: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Frames, mean and 95% CI half-width over the group's runs of one agent's held-out return
+    (`key`, one of AGENTS) at the iterations where it was evaluated (the same in every run of a
+    group), the teacher's from the teacher before training at frame 0; None where a run lacks it."""
+    if not all(key in r["agents"] for r in group):
+        return None
+    length = min(len(r["frames"]) for r in group)
+    curves = np.stack([r["agents"][key][:length] for r in group])
+    evaluated = ~np.isnan(curves).any(axis=0)
+    frames = group[0]["frames"][:length][evaluated]
+    stats = [mean_ci(curves[:, i]) for i in np.flatnonzero(evaluated)]
+    mean, ci = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
+    start = [r["eval"].get("teacher_at_start", {}).get("return_mean") for r in group]
+    if key == "eval_teacher_alone_return" and all(v is not None for v in start):
+        at_start = mean_ci(start)
+        frames, mean, ci = np.insert(frames, 0, 0.0), np.insert(mean, 0, at_start[0]), np.insert(ci, 0, at_start[1])
+    return frames, mean, ci
+
+
+def _agent_curves(ax, group: list[dict], color):
+    """Each agent's held-out curve (`agent_curve`) with its band."""
     for key, style in zip(AGENTS, ("-", "--")):
-        if not all(key in r["agents"] for r in group):
+        curve = agent_curve(group, key)
+        if curve is None:
             continue
-        curves = np.stack([r["agents"][key][:length] for r in group])
-        evaluated = ~np.isnan(curves).any(axis=0)
-        frames = group[0]["frames"][:length][evaluated]
-        stats = [mean_ci(curves[:, i]) for i in np.flatnonzero(evaluated)]
-        mean, ci = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
-        start = [r["eval"].get("teacher_at_start", {}).get("return_mean") for r in group]
-        if key == "eval_teacher_alone_return" and all(v is not None for v in start):
-            at_start = mean_ci(start)
-            frames, mean, ci = np.insert(frames, 0, 0.0), np.insert(mean, 0, at_start[0]), np.insert(ci, 0, at_start[1])
+        frames, mean, ci = curve
         ax.plot(frames, mean, style, color=color, marker=".")
         ax.fill_between(frames, mean - ci, mean + ci, color=color, alpha=0.15)
+
+
+def agents_markdown(runs: dict[str, list[dict]]) -> str:
+    """Each agent's held-out return during training as a Markdown table, a row per evaluation
+    (frames) and a column per method and agent: mean ± 95% CI over the method's runs. Empty where
+    no run evaluated its agents during training."""
+    columns = {}
+    for method in sorted(runs, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
+        for key, agent in AGENTS.items():
+            curve = agent_curve(runs[method], key)
+            if curve is not None:
+                columns[f"{method}: {agent} (n={len(runs[method])})"] = dict(zip(curve[0], zip(curve[1], curve[2])))
+    if not columns:
+        return ""
+    frames = sorted({f for column in columns.values() for f in column})
+    lines = ["| frames | " + " | ".join(columns) + " |", "|---:|" + "---:|" * len(columns)]
+    for f in frames:
+        lines.append(f"| {f:,.0f} | " + " | ".join(_fmt(column[f]) if f in column else "" for column in columns.values())
+                     + " |")
+    lines.append("\nheld-out return of each agent alone during training (`rl_script_args.eval_every`), mean ± 95% CI "
+                 "over the n runs; frame 0 is the teacher before training.")
+    return "\n".join(lines)
 
 
 def plot(runs: dict[str, list[dict]], path: Path, window: int = 5, title: str = "") -> Path:
@@ -373,9 +407,13 @@ def main(argv=None):
     table = summarize(runs, options.last, options.smooth)
     (options.out / "results.json").write_text(json.dumps(table, indent=2))
     (options.out / "results.md").write_text(markdown(table) + "\n")
+    agents = agents_markdown(runs)
+    if agents:
+        (options.out / "agents.md").write_text(agents + "\n")
     figure = plot(runs, options.out / "comparison.png", options.smooth, options.title)
     print(markdown(table))
-    print(f"\nplot: {figure}\ntable: {options.out / 'results.md'}")
+    print(f"\nplot: {figure}\ntable: {options.out / 'results.md'}"
+          + (f"\neach agent's held-out curve: {options.out / 'agents.md'}" if agents else ""))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """Recompute every committed study's tables from its committed per-run data.
 
-    python experiments/recompute.py            # rewrite each study's results.md, results.json, claims.md, comparison.png
+    python experiments/recompute.py            # rewrite each study's results.md, results.json, claims.md,
+                                               # agents.md (where runs evaluated each agent), comparison.png
     python experiments/recompute.py --check    # rewrite nothing; exit 1 naming each table that differs
 
 A study is a folder `experiments/results/<study>/` holding its per-run data, of one of two kinds:
 - training runs, `runs/<group>/seed<N>/` (each run's metrics.csv, eval.json, eval_start.json where
   the teacher learns, and config.yaml, as the run wrote them): its tables are what `bidir-compare`
-  and `experiments/claims.py` make of those runs;
+  and `experiments/claims.py` make of those runs (agents.md: `bidir-compare`'s table of each
+  agent's held-out curve);
 - evaluation episodes, `episodes/*.json` (`prompting.py`), or `<level>/episodes/*.json` for
   several levels: its table is what `prompting.py` makes of them, and `agreement.md` what
   `prompting_agreement.py` makes of `agreement.json`.
@@ -18,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from bidir.compare import load_runs, markdown, plot, summarize
+from bidir.compare import agents_markdown, load_runs, markdown, plot, summarize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claims import claims_table  # noqa: E402
@@ -43,8 +45,10 @@ def tables(study: Path) -> dict[str, str]:
         return texts
     runs = load_runs([str(study / "runs" / "*" / "seed*")])
     table = summarize(runs)
-    return {"results.md": markdown(table) + "\n", "results.json": json.dumps(table, indent=2),
-            "claims.md": claims_table(runs) + "\n"}
+    texts = {"results.md": markdown(table) + "\n", "results.json": json.dumps(table, indent=2),
+             "claims.md": claims_table(runs) + "\n"}
+    agents = agents_markdown(runs)
+    return texts | ({"agents.md": agents + "\n"} if agents else {})
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from bidir.compare import curves_figure, frames_to, load_runs, markdown, mean_ci, paired_difference, smooth, summarize
+from bidir.compare import agents_markdown, curves_figure, frames_to, load_runs, markdown, mean_ci, paired_difference, smooth, summarize
 
 
 def test_mean_ci_uses_students_t():
@@ -223,3 +223,12 @@ def test_each_agents_held_out_curve_is_averaged_over_seeds_from_the_teacher_at_s
     np.testing.assert_allclose(teacher_line.get_ydata(), [0.3, 0.6, 0.9])
     np.testing.assert_allclose(student_line.get_xdata(), [100, 400])
     np.testing.assert_allclose(student_line.get_ydata(), [0.3, 0.6])
+    # the same figures as a table: the teacher before training at frame 0, then both agents
+    table = agents_markdown(load_runs([str(tmp_path / "bidir" / "seed*")])).splitlines()
+    assert table[0] == "| frames | bidir: teacher alone (n=2) | bidir: student alone (n=2) |"
+    # seeds 0.2/0.4 (start), 0.5/0.7 and 0.8/1.0: mean 0.3, 0.6, 0.9 ± 12.706 x 0.1414 / sqrt(2) = 1.271
+    assert table[2:5] == ["| 0 | 0.300 ± 1.271 |  |", "| 100 | 0.600 ± 1.271 | 0.300 ± 1.271 |",
+                          "| 400 | 0.900 ± 1.271 | 0.600 ± 1.271 |"]
+    assert agents_markdown(load_runs([str(tmp_path / "bidir" / "seed1")]))  # one run: means, no interval
+    write_run(tmp_path / "student" / "seed1", "student", 1, [0.1, 0.2])
+    assert agents_markdown(load_runs([str(tmp_path / "student" / "seed1")])) == ""  # no evaluation during training
