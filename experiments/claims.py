@@ -79,6 +79,10 @@ COMPARISONS = [  # (claim, A, B, figures)
      ["final return", TO_THRESHOLD, "held-out return, teacher alone", "held-out return, student alone"]),
     ("ablation: bidir vs bidir without distillation", "bidir", "bidir-no-distill",
      ["final return", TO_THRESHOLD, "held-out return, student alone"]),
+    ("ablation: bidir vs bidir with the hand-over at the end of the budget", "bidir", "bidir-late-handover",
+     ["final return", TO_THRESHOLD, "held-out return, teacher alone", "held-out return, student alone"]),
+    ("the prior's own effect: bidir vs bidir with an untrained teacher", "bidir", "bidir-no-prior",
+     ["held-out return, teacher alone", "held-out return, student alone", "final return"]),
     ("t2s vs the RL-only student", "t2s", "student", ["held-out return, student alone", "final return"]),
 ]
 
