@@ -15,14 +15,10 @@ agents.md, each agent's held-out return during training, where the runs evaluate
 from __future__ import annotations
 
 import argparse
-import csv
-import glob
 import json
 import math
 import os
-import re
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -30,11 +26,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from bidir.checks import positive_int  # noqa: E402
+from bidir.run_data import AGENTS, load_runs, load_wandb_runs, return_threshold  # noqa: E402
 
 # Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom; 1.96 beyond.
 T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
@@ -85,116 +79,11 @@ def final_mean(values: np.ndarray, last: int = 5) -> float:
     return float(np.nanmean(tail)) if np.any(~np.isnan(tail)) else float("nan")
 
 
-def return_threshold(runs: dict[str, list[dict]]) -> float:
-    """The return threshold the runs share (each run's `rl_script_args.return_threshold`); runs made
-    with different thresholds measure different things, so comparing them is a ValueError."""
-    thresholds = {r["return_threshold"] for group in runs.values() for r in group}
-    if len(thresholds) > 1:
-        raise ValueError(f"the runs use different return thresholds ({', '.join(f'{t:g}' for t in sorted(thresholds))}): "
-                         "compare runs of one level, or give them one rl_script_args.return_threshold")
-    return thresholds.pop()
-
-
-def group_name(path: Path, method: str) -> str:
-    """The variant directory of plan.py's `<variant>/seed<N>` layout, else the method."""
-    return path.parent.name if re.fullmatch(r"seed\d+", path.name) else method
-
-
 def frames_to_return(frames: np.ndarray, returns: np.ndarray, episodes: np.ndarray, threshold: float,
                      window: int = 5) -> float:
     """The convergence figure: frames until the `window`-iteration episode-weighted mean return
     reaches `threshold` (NaN if never)."""
     return frames_to(frames, smooth(returns, episodes, window), threshold)
-
-
-def _bad_file(path: Path, why) -> ValueError:
-    """The one-line error for a run file that cannot be used (YAML and JSON errors span lines)."""
-    return ValueError(" ".join(f"{path}: {why}; fix or delete it, or leave its run out of the patterns".split()))
-
-
-AGENTS = {"eval_teacher_alone_return": "teacher alone", "eval_student_alone_return": "student alone"}
-"""Each agent's held-out return during training (rl_script_args.eval_every), where a run has it."""
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    """metrics.csv's rows, each with the columns compare uses as floats (NaN where empty)."""
-    required = ("frames", "return_mean", "success_rate", "episodes", "wall_time_s")
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            rows, header = list(reader), reader.fieldnames or []
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise _bad_file(path, f"cannot be read ({error})") from None
-    if not header:  # a run that has not finished its first iteration
-        return []
-    missing = [c for c in required if c not in header]
-    columns = required + tuple(c for c in AGENTS if c in header)
-    if missing:
-        raise _bad_file(path, f"has no column {', '.join(missing)}")
-    values = []
-    for line, row in enumerate(rows, start=2):
-        try:
-            values.append({c: float(row[c]) if row[c] != "" else np.nan for c in columns})
-        except (TypeError, ValueError):  # a short row (None) or a non-number
-            raise _bad_file(path, f"line {line} is not numeric in {', '.join(columns)}") from None
-    return values
-
-
-def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
-    """Run directories (those with config.yaml and metrics.csv) grouped by method or variant; a
-    file that cannot be read or parsed is a ValueError naming it (runs without rows are skipped)."""
-    runs = defaultdict(list)
-    paths = sorted({Path(p) for pattern in patterns for p in (glob.glob(pattern) or [pattern])})
-    for path in paths:
-        if not (path / "metrics.csv").exists() or not (path / "config.yaml").exists():
-            continue
-        try:
-            config = OmegaConf.load(path / "config.yaml")
-            method, seed = str(config.rl_script_args.method), int(config.rl_script_args.seed)
-            threshold = float(config.rl_script_args.get("return_threshold", 0.8))  # runs before the key: 0.8
-        except (OSError, ValueError, TypeError, yaml.YAMLError, OmegaConfBaseException) as error:
-            raise _bad_file(path / "config.yaml", f"is not a run's configuration ({error})") from None
-        rows = _read_metrics(path / "metrics.csv")
-        if not rows:
-            continue
-        column = lambda key: np.array([r[key] for r in rows])  # noqa: E731
-        evaluation = {}
-        for name in ("eval_start.json", "eval.json"):  # the teacher before training, then the final figures
-            if (path / name).exists():
-                try:
-                    evaluation.update(json.loads((path / name).read_text())["results"])
-                except (OSError, ValueError, KeyError, TypeError) as error:
-                    raise _bad_file(path / name, f"is not an evaluation ({error!r})") from None
-        runs[group_name(path, method)].append({
-            "path": str(path), "seed": seed, "frames": column("frames"),
-            "return": column("return_mean"), "success": column("success_rate"), "episodes": column("episodes"),
-            "eval": evaluation, "wall_time_s": rows[-1]["wall_time_s"], "return_threshold": threshold,
-            "agents": {key: column(key) for key in AGENTS if key in rows[0]}})
-    if not runs:
-        raise ValueError(f"no run directories (with config.yaml and metrics.csv) in {' '.join(patterns)}")
-    return dict(runs)
-
-
-def load_wandb_runs(project: str, group: str | None) -> dict[str, list[dict]]:
-    """The same structure as `load_runs`, from a W&B project ("entity/project") when online;
-    bidir logs every metrics.csv column under its own name, with step = frames."""
-    import wandb
-
-    runs = defaultdict(list)
-    for run in wandb.Api(timeout=30).runs(project, filters={"group": group} if group else {}):
-        rows = [r for r in run.scan_history(keys=["frames", "return_mean", "success_rate", "episodes"])]
-        if not rows or "rl_script_args" not in run.config:
-            continue
-        column = lambda key: np.array([float(r.get(key, np.nan)) for r in rows])  # noqa: E731
-        runs[run.config["rl_script_args"]["method"]].append({
-            "path": run.url, "seed": run.config["rl_script_args"]["seed"], "frames": column("frames"),
-            "return": column("return_mean"), "success": column("success_rate"), "episodes": column("episodes"),
-            "eval": dict(run.summary.get("eval", {})),
-            "return_threshold": float(run.config["rl_script_args"].get("return_threshold", 0.8)),
-            "wall_time_s": float(run.summary.get("wall_time_s", np.nan))})
-    if not runs:
-        raise ValueError(f"no bidir runs in W&B project {project}" + (f", group {group}" if group else ""))
-    return dict(runs)
 
 
 def summarize(runs: dict[str, list[dict]], last: int = 5, window: int = 5) -> dict:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bidir.compare import final_mean, frames_to_return, load_runs, mean_ci, paired_difference, return_threshold, smooth
+from bidir.compare import final_mean, frames_to_return, mean_ci, paired_difference, smooth
+from bidir.run_data import load_runs, return_threshold
 
 
 def final_return(run, last=5):

@@ -20,7 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from bidir.compare import agents_markdown, load_runs, markdown, plot, summarize
+from bidir.compare import agents_markdown, markdown, plot, summarize
+from bidir.run_data import load_runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claims import claims_table  # noqa: E402

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from bidir.compare import agents_markdown, curves_figure, frames_to, load_runs, markdown, mean_ci, paired_difference, smooth, summarize
+from bidir.compare import agents_markdown, curves_figure, frames_to, markdown, mean_ci, paired_difference, smooth, summarize
+from bidir.run_data import load_runs
 
 
 def test_mean_ci_uses_students_t():
