@@ -35,6 +35,11 @@ T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
 METHOD_ORDER = ["bidir", "t2s", "glam", "student"]
 
 
+def in_order(runs: dict) -> list[str]:
+    """The groups of `runs` in METHOD_ORDER, variants and other groups after the four methods."""
+    return sorted(runs, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER))
+
+
 def mean_ci(values) -> tuple[float, float]:
     """Mean and half-width of the 95% confidence interval (NaN for a single value: no interval)."""
     values = np.asarray([v for v in values if v == v], dtype=float)
@@ -91,7 +96,7 @@ def summarize(runs: dict[str, list[dict]], last: int = 5, window: int = 5) -> di
     return's, `return_threshold`, is in the key: frames_to_return_0.8)."""
     threshold = return_threshold(runs)
     table = {}
-    for method in sorted(runs, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
+    for method in in_order(runs):
         group = runs[method]
         final_return = [final_mean(r["return"], last) for r in group]
         final_success = [final_mean(r["success"], last) for r in group]
@@ -167,7 +172,7 @@ def curves_figure(runs: dict[str, list[dict]], window: int = 5, title: str = "")
     return (teacher alone solid, from the teacher before training at frame 0; student alone dashed)."""
     agents = any(r.get("agents") for group in runs.values() for r in group)
     fig, axes = plt.subplots(1, 3 if agents else 2, figsize=(16 if agents else 11, 4))
-    for method in sorted(runs, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
+    for method in in_order(runs):
         group = runs[method]
         length = min(len(r["frames"]) for r in group)
         unsmoothed = length <= window  # smoothing would leave at most one point
@@ -236,7 +241,7 @@ def agents_markdown(runs: dict[str, list[dict]]) -> str:
     (frames) and a column per method and agent: mean ± 95% CI over the method's runs. Empty where
     no run evaluated its agents during training."""
     columns = {}
-    for method in sorted(runs, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
+    for method in in_order(runs):
         for key, agent in AGENTS.items():
             curve = agent_curve(runs[method], key)
             if curve is not None:

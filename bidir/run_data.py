@@ -16,6 +16,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
+THRESHOLD_BEFORE_THE_KEY = 0.8
+"""The return threshold of a run made before `rl_script_args.return_threshold` existed: its figures
+were measured at 0.8."""
+
+
 def return_threshold(runs: dict[str, list[dict]]) -> float:
     """The return threshold the runs share (each run's `rl_script_args.return_threshold`); runs made
     with different thresholds measure different things, so comparing them is a ValueError."""
@@ -75,7 +80,7 @@ def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
         try:
             config = OmegaConf.load(path / "config.yaml")
             method, seed = str(config.rl_script_args.method), int(config.rl_script_args.seed)
-            threshold = float(config.rl_script_args.get("return_threshold", 0.8))  # runs before the key: 0.8
+            threshold = float(config.rl_script_args.get("return_threshold", THRESHOLD_BEFORE_THE_KEY))
         except (OSError, ValueError, TypeError, yaml.YAMLError, OmegaConfBaseException) as error:
             raise _bad_file(path / "config.yaml", f"is not a run's configuration ({error})") from None
         rows = _read_metrics(path / "metrics.csv")
@@ -114,7 +119,7 @@ def load_wandb_runs(project: str, group: str | None) -> dict[str, list[dict]]:
             "path": run.url, "seed": run.config["rl_script_args"]["seed"], "frames": column("frames"),
             "return": column("return_mean"), "success": column("success_rate"), "episodes": column("episodes"),
             "eval": dict(run.summary.get("eval", {})),
-            "return_threshold": float(run.config["rl_script_args"].get("return_threshold", 0.8)),
+            "return_threshold": float(run.config["rl_script_args"].get("return_threshold", THRESHOLD_BEFORE_THE_KEY)),
             "wall_time_s": float(run.summary.get("wall_time_s", np.nan))})
     if not runs:
         raise ValueError(f"no bidir runs in W&B project {project}" + (f", group {group}" if group else ""))
