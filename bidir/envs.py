@@ -251,8 +251,8 @@ class TextVecEnv:
 
     When env ``i``'s episode ends (terminated or truncated) it is reset at once: ``obs`` and
     ``infos[i]`` are then the new episode's first observation, and ``infos[i]["episode"]`` holds
-    the finished episode's ``return`` (unscaled), ``length`` and ``success`` (terminated with a
-    positive reward).
+    the finished episode's ``return`` (unscaled), ``length``, ``success`` (terminated with a
+    positive reward) and ``level`` (its level's env id: of a mix, the level drawn).
     """
 
     def __init__(
@@ -305,6 +305,7 @@ class TextVecEnv:
                     "return": self._returns[i],
                     "length": self._lengths[i],
                     "success": bool(terminated and reward > 0),
+                    "level": env.unwrapped.spec.id,
                 }
                 obs, info = env.reset()
                 info["episode"] = episode

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from bidir import checkpoint
 from bidir.checks import non_negative_int, positive_int, quiet_libraries
-from bidir.envs import TextVecEnv
+from bidir.envs import MIX_SEPARATOR, TextVecEnv
 from bidir.methods import get_method
 from bidir.metrics import Phases
 from bidir.prompts import PromptHistory, build_prompt
@@ -52,9 +52,15 @@ def modes_for(method_name: str) -> list[str]:
 def evaluate(mode: str, env_id: str, instructions: list[str], episodes: int, seed: int, student=None,
              teacher=None, prompt_history: int = 1, device="cpu", teacher_every: int = 1) -> dict:
     """Runs one episode per environment in `mode` (`play_episodes`); returns success_rate,
-    return_mean, episode_length_mean and episodes."""
-    return summarize_episodes(play_episodes(mode, env_id, instructions, episodes, seed, student, teacher,
-                                            prompt_history, device, teacher_every))
+    return_mean, episode_length_mean and episodes, and for a mix the same per level under
+    `levels` (keyed by env id, in the mix's order; a level never drawn has 0 episodes)."""
+    played = play_episodes(mode, env_id, instructions, episodes, seed, student, teacher, prompt_history, device,
+                           teacher_every)
+    result = summarize_episodes(played)
+    if MIX_SEPARATOR in env_id:
+        result["levels"] = {level: summarize_episodes([e for e in played if e["level"] == level])
+                            for level in dict.fromkeys(env_id.split(MIX_SEPARATOR))}
+    return result
 
 
 def play_episodes(mode: str, env_id: str, instructions: list[str], episodes: int, seed: int, student=None,
@@ -115,11 +121,14 @@ def agents_row(method_name: str, args, student, teacher, episodes: int) -> dict:
 
 
 def format_table(results: dict) -> str:
-    """A fixed-width table of evaluation results, one row per mode."""
-    lines = [f"{'mode':<22}{'success':>9}{'return':>9}{'length':>9}{'episodes':>10}"]
-    for mode, r in results.items():
-        lines.append(f"{mode:<22}{r['success_rate']:>9.3f}{r['return_mean']:>9.3f}"
-                     f"{r['episode_length_mean']:>9.1f}{r['episodes']:>10d}")
+    """A fixed-width table of evaluation results, one row per mode (and below it, for a mix, one
+    per level)."""
+    rows = [row for mode, r in results.items()
+            for row in [(mode, r)] + [(f"  {level}", by_level) for level, by_level in r.get("levels", {}).items()]]
+    width = max(22, *(len(name) + 1 for name, _ in rows))
+    lines = [f"{'mode':<{width}}{'success':>9}{'return':>9}{'length':>9}{'episodes':>10}"]
+    lines += [f"{name:<{width}}{row['success_rate']:>9.3f}{row['return_mean']:>9.3f}"
+              f"{row['episode_length_mean']:>9.1f}{row['episodes']:>10d}" for name, row in rows]
     return "\n".join(lines)
 
 

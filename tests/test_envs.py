@@ -242,7 +242,7 @@ def test_vec_timeout_auto_resets_with_episode_stats():
     obs, rewards, dones, infos = vec.step(turn_left)
     assert dones.tolist() == [True, True] and rewards.tolist() == [0.0, 0.0]
     for i in range(2):
-        assert infos[i]["episode"] == {"return": 0.0, "length": 64, "success": False}
+        assert infos[i]["episode"] == {"return": 0.0, "length": 64, "success": False, "level": LEVEL}
         # The returned obs is already the second episode's first obs of env i.
         single = make_text_env(LEVEL, seed=i)
         single.reset()
@@ -347,6 +347,19 @@ def test_a_mix_draws_each_level_per_episode_reproducibly():
     assert set(words) == {"go", "pick"}  # GoToLocal's missions say "go to", PickupLoc's "pick up"
     assert first_words(MIX, 12) == words  # the same seed draws the same levels and episodes
     assert first_words(MIX, 12, seed=4) != words
+
+
+def test_each_episode_names_the_level_it_was_drawn_from():
+    envs = TextVecEnv(MIX, 1, 3)
+    _, infos = envs.reset()
+    verb, pairs = infos[0]["mission"].split()[0], []
+    while len(pairs) < 8:
+        _, _, done, infos = envs.step(np.array([0]))
+        if done[0]:
+            pairs.append((verb, infos[0]["episode"]["level"]))
+            verb = infos[0]["mission"].split()[0]
+    assert {level for _, level in pairs} == set(MIX.split("+"))
+    assert all(level == {"go": "BabyAI-GoToLocal-v0", "pick": "BabyAI-PickupLoc-v0"}[verb] for verb, level in pairs)
 
 
 def test_a_mix_resumes_bit_exactly():

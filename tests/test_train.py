@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 from bidir.checkpoint import find as find_checkpoint
@@ -198,3 +199,22 @@ def test_each_agents_held_out_curve_is_measured_without_changing_training(tmp_pa
     strip = lambda rows: [{k: v for k, v in r.items() if not timing(k) and not k.startswith("eval_")}  # noqa: E731
                           for r in rows]
     assert strip(rows) == strip(read_rows(plain / "metrics.csv"))
+
+
+def test_a_mix_is_evaluated_level_by_level():
+    from bidir.envs import INSTRUCTIONS
+    from bidir.evaluate import evaluate, format_table
+    from bidir.student import Student
+    mix = "BabyAI-GoToObj-v0+BabyAI-PickupDist-v0"
+    torch.manual_seed(0)
+    result = evaluate("student_alone", mix, list(INSTRUCTIONS), 8, 0, student=Student(6, 6))
+    levels = result["levels"]
+    assert list(levels) == mix.split("+")
+    assert sum(r["episodes"] for r in levels.values()) == result["episodes"] == 8
+    assert all(r["episodes"] > 0 for r in levels.values())  # 8 draws of two levels: both drawn here
+    weighted = sum(r["return_mean"] * r["episodes"] for r in levels.values()) / 8
+    assert weighted == pytest.approx(result["return_mean"])
+    table = format_table({"student_alone": result}).splitlines()
+    assert [line.split()[0] for line in table] == ["mode", "student_alone", *mix.split("+")]
+    assert "levels" not in evaluate("student_alone", "BabyAI-GoToObj-v0", list(INSTRUCTIONS), 2, 0,
+                                    student=Student(6, 6))
