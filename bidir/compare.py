@@ -10,7 +10,8 @@ the frames each run needed to reach its level's return threshold (`rl_script_arg
 `--smooth` iterations).
 Writes results.md, results.json and comparison.png (mean ± CI against frames; no interval for a
 method with one run, and a method whose runs are no longer than the window drawn unsmoothed), and
-agents.md, each agent's held-out return during training, where the runs evaluated it.
+agents.md, each agent's held-out return during training, where the runs evaluated it, and
+levels.md, the final held-out return on each level, where the runs were evaluated on a mix.
 """
 from __future__ import annotations
 
@@ -258,6 +259,28 @@ def agents_markdown(runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def levels_markdown(runs: dict[str, list[dict]]) -> str:
+    """The final held-out return on each level of a mix as a Markdown table, a row per method and
+    mode and a column per level: mean ± 95% CI over the method's runs. Empty where no run was
+    evaluated on a mix."""
+    evaluated = {}  # (method, mode) -> each run's figures by level
+    for method in in_order(runs):
+        for r in runs[method]:
+            for mode, result in r["eval"].items():
+                if "levels" in result:
+                    evaluated.setdefault((method, mode), []).append(result["levels"])
+    if not evaluated:
+        return ""
+    levels = list(dict.fromkeys(level for by_run in evaluated.values() for e in by_run for level in e))
+    lines = ["| method | mode | n (runs) | " + " | ".join(levels) + " |", "|---|---|---|" + "---:|" * len(levels)]
+    for (method, mode), by_run in evaluated.items():
+        cells = [_fmt(mean_ci([e[level]["return_mean"] for e in by_run if level in e])) for level in levels]
+        lines.append(f"| {method} | {mode} | {len(by_run)} | " + " | ".join(cells) + " |")
+    lines.append("\nheld-out return at the end on each level of the mix (eval.json's `levels`), mean ± 95% CI over the n "
+                 "runs; each run's episodes of a level are the ones its held-out draws gave that level.")
+    return "\n".join(lines)
+
+
 def plot(runs: dict[str, list[dict]], path: Path, window: int = 5, title: str = "") -> Path:
     """`curves_figure` saved to `path`."""
     fig = curves_figure(runs, window, title)
@@ -301,13 +324,15 @@ def main(argv=None):
     table = summarize(runs, options.last, options.smooth)
     (options.out / "results.json").write_text(json.dumps(table, indent=2))
     (options.out / "results.md").write_text(markdown(table) + "\n")
-    agents = agents_markdown(runs)
-    if agents:
-        (options.out / "agents.md").write_text(agents + "\n")
+    agents, levels = agents_markdown(runs), levels_markdown(runs)
+    for name, text in (("agents.md", agents), ("levels.md", levels)):
+        if text:
+            (options.out / name).write_text(text + "\n")
     figure = plot(runs, options.out / "comparison.png", options.smooth, options.title)
     print(markdown(table))
     print(f"\nplot: {figure}\ntable: {options.out / 'results.md'}"
-          + (f"\neach agent's held-out curve: {options.out / 'agents.md'}" if agents else ""))
+          + (f"\neach agent's held-out curve: {options.out / 'agents.md'}" if agents else "")
+          + (f"\nthe return on each level of the mix: {options.out / 'levels.md'}" if levels else ""))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Recompute every committed study's tables from its committed per-run data.
 
     python experiments/recompute.py            # rewrite each study's results.md, results.json, claims.md,
-                                               # agents.md (where runs evaluated each agent), comparison.png
+                                               # agents.md (where runs evaluated each agent), levels.md
+                                               # (where runs were evaluated on a mix), comparison.png
     python experiments/recompute.py --check    # rewrite nothing; exit 1 naming each table that differs
 
 A study is a folder `experiments/results/<study>/` holding its per-run data, of one of two kinds:
@@ -20,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from bidir.compare import agents_markdown, markdown, plot, summarize
+from bidir.compare import agents_markdown, levels_markdown, markdown, plot, summarize
 from bidir.run_data import load_runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,8 +49,8 @@ def tables(study: Path) -> dict[str, str]:
     table = summarize(runs)
     texts = {"results.md": markdown(table) + "\n", "results.json": json.dumps(table, indent=2),
              "claims.md": claims_table(runs) + "\n"}
-    agents = agents_markdown(runs)
-    return texts | ({"agents.md": agents + "\n"} if agents else {})
+    extra = {"agents.md": agents_markdown(runs), "levels.md": levels_markdown(runs)}
+    return texts | {name: text + "\n" for name, text in extra.items() if text}
 
 
 def main(argv=None) -> int:

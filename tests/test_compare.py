@@ -1,5 +1,6 @@
 """bidir-compare: statistics, convergence frames, and the table from run directories."""
 import csv
+import json
 import math
 import subprocess
 import sys
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from bidir.compare import agents_markdown, curves_figure, frames_to, markdown, mean_ci, paired_difference, smooth, summarize
+from bidir.compare import (agents_markdown, curves_figure, frames_to, levels_markdown, markdown, mean_ci, paired_difference,
+                           smooth, summarize)
 from bidir.run_data import load_runs
 
 
@@ -233,3 +235,21 @@ def test_each_agents_held_out_curve_is_averaged_over_seeds_from_the_teacher_at_s
     assert agents_markdown(load_runs([str(tmp_path / "bidir" / "seed1")]))  # one run: means, no interval
     write_run(tmp_path / "student" / "seed1", "student", 1, [0.1, 0.2])
     assert agents_markdown(load_runs([str(tmp_path / "student" / "seed1")])) == ""  # no evaluation during training
+
+
+def test_a_mix_is_reported_level_by_level(tmp_path):
+    def level(ret):
+        return {"return_mean": ret, "success_rate": 1.0, "episode_length_mean": 9.0, "episodes": 3}
+    for seed, (go, pick) in enumerate([(0.8, 0.2), (0.6, float("nan"))], start=1):  # seed 2 drew no PickupDist
+        path = tmp_path / "bidir" / f"seed{seed}"
+        write_run(path, "bidir", seed, [0.1, 0.2])
+        levels = {"BabyAI-GoToObj-v0": level(go), "BabyAI-PickupDist-v0": level(pick)}
+        result = {"return_mean": 0.5, "success_rate": 0.5, "episode_length_mean": 9.0, "episodes": 6, "levels": levels}
+        (path / "eval.json").write_text(json.dumps({"results": {"student_alone": result}}))
+    write_run(tmp_path / "student" / "seed1", "student", 1, [0.1, 0.2])  # evaluated on one level: no row
+    table = levels_markdown(load_runs([str(tmp_path / "*" / "seed*")])).splitlines()
+    assert table[0] == "| method | mode | n (runs) | BabyAI-GoToObj-v0 | BabyAI-PickupDist-v0 |"
+    # 0.8 and 0.6: mean 0.7 ± 12.706 x 0.1414 / sqrt(2) = 1.271; PickupDist drawn in one run only
+    assert table[2:] == ["| bidir | student_alone | 2 | 0.700 ± 1.271 | 0.200 |", "",
+                         table[4]] and table[4].startswith("held-out return at the end on each level")
+    assert levels_markdown(load_runs([str(tmp_path / "student" / "seed1")])) == ""
