@@ -49,6 +49,12 @@ def held_out(mode):
     return lambda run: float(run["eval"].get(mode, {}).get("return_mean", np.nan))
 
 
+def held_out_on(level, mode):
+    """The held-out mean return of `mode` on one level of a mix (eval.json's `levels`), NaN when
+    the run has none or drew no episode of that level."""
+    return lambda run: float(run["eval"].get(mode, {}).get("levels", {}).get(level, {}).get("return_mean", np.nan))
+
+
 TO_THRESHOLD = "frames to return {threshold}"
 AFTER_THRESHOLD = "lowest 5-iteration return after reaching {threshold}"
 FIGURES = {  # a name with {threshold} gets the runs' return threshold in the table
@@ -87,6 +93,12 @@ COMPARISONS = [  # (claim, A, B, figures)
     ("t2s vs the RL-only student", "t2s", "student", ["held-out return, student alone", "final return"]),
 ]
 
+LEVEL_COMPARISONS = [  # (claim, A, B, mode): on a mix, the held-out figure of mode on each level
+    ("teacher -> student: bidir's student vs the RL-only student", "bidir", "student", "student_alone"),
+    ("student -> teacher: bidir's teacher vs the frozen teacher (t2s)", "bidir", "t2s", "teacher_alone"),
+    ("student -> teacher: bidir's teacher vs glam's", "bidir", "glam", "teacher_alone"),
+]
+
 
 def teacher_frames_to(threshold: float):
     """The figure: frames until the teacher alone's held-out return during training
@@ -113,6 +125,12 @@ def claims_table(runs: dict) -> str:
         name = f"frames for the teacher alone to reach glam's final teacher-alone return ({threshold:.3f})"
         figures_by_name[name] = teacher_frames_to(threshold)
         comparisons.append(("student -> teacher: how soon bidir's teacher plays as glam's ends", "bidir", "glam", [name]))
+    levels = dict.fromkeys(level for group in runs.values() for r in group for result in r["eval"].values()
+                           for level in result.get("levels", {}))
+    for claim, a, b, mode in LEVEL_COMPARISONS if levels else []:  # a mix: which of its tasks each agent learned
+        names = [f"held-out return on {level}, {mode.replace('_', ' ')}" for level in levels]
+        figures_by_name |= {name: held_out_on(level, mode) for name, level in zip(names, levels)}
+        comparisons.append((f"{claim}, on each level of the mix", a, b, names))
     level_threshold = f"{return_threshold(runs):g}"
     for claim, a, b, figures in comparisons:
         if a not in runs or b not in runs:

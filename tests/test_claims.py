@@ -101,3 +101,18 @@ def test_teacher_frames_to_glams_final_return_reads_the_periodic_curve():
     table = claims.claims_table({"bidir": [bidir], "glam": [glam]})
     row = next(line for line in table.splitlines() if "glam's final teacher-alone return (0.400)" in line)
     assert row.endswith("| -256 (n=1) |")  # bidir's teacher got there one iteration sooner
+
+
+def test_on_a_mix_each_level_is_compared_paired_by_seed():
+    def evaluated(seed, go, pick):
+        levels = {"BabyAI-GoToObj-v0": {"return_mean": go}, "BabyAI-PickupDist-v0": {"return_mean": pick}}
+        return run([0.5] * 10, seed=seed) | {"eval": {"student_alone": {"return_mean": 0.5, "levels": levels}}}
+    runs = {"bidir": [evaluated(1, 0.75, 0.25), evaluated(2, 0.75, 0.5)],
+            "student": [evaluated(1, 0.5, 0.5), evaluated(2, 0.5, 0.5)]}
+    lines = [line for line in claims.claims_table(runs).splitlines() if "on each level of the mix" in line]
+    assert [line.split(" | ")[1] for line in lines] == ["held-out return on BabyAI-GoToObj-v0, student alone",
+                                                         "held-out return on BabyAI-PickupDist-v0, student alone"]
+    # GoToObj: +0.25 on both seeds; PickupDist: -0.25 and 0 (sd 0.1768, t(1) 12.706 x 0.1768 / sqrt(2) = 1.588)
+    assert lines[0].endswith("| 0.250 ± 0.000 (n=2) |") and lines[1].endswith("| -0.125 ± 1.588 (n=2) |")
+    assert not [line for line in claims.claims_table({"bidir": [run([0.5])], "student": [run([0.4])]}).splitlines()
+                if "on each level" in line]  # one level: no such rows
