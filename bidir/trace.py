@@ -162,8 +162,10 @@ def main(argv=None):
     mission, steps, frames, episode = trace_episode(config, student, teacher, options.mode, options.seed, iteration)
     outcome = (f"{'success' if episode['success'] else 'failure'}: return {episode['return']:.3f} "
                f"in {episode['length']} steps")
+    env_id = config.rl_script_args.env_id
+    level = env_id if episode["level"] == env_id else f"{env_id} (this episode: {episode['level']})"  # a mix
     header = [f"{method_name} @ {saved} (iteration {iteration}), mode {options.mode}",
-              f"{config.rl_script_args.env_id}, held-out seed {options.seed}: {mission!r}, {outcome}"]
+              f"{level}, held-out seed {options.seed}: {mission!r}, {outcome}"]
     text = trace_text(steps, header, list(config.rl_script_args.instructions))
     text_path, picture_path = Path(f"{out}.txt"), Path(f"{out}.gif")
     text_path.write_text(text)

@@ -15,11 +15,15 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from test_train import small_config  # noqa: E402
 
 
+MIX = "BabyAI-GoToObj-v0+BabyAI-PickupDist-v0"
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("trace")
     for method in ("bidir", "student"):
         train(small_config(root / method, method, "rl_script_args.eval_episodes=0"))
+    train(small_config(root / "mix", "student", "rl_script_args.eval_episodes=0", f"rl_script_args.env_id={MIX}"))
     return root
 
 
@@ -86,3 +90,11 @@ def test_bad_input_exits_2_with_one_line(runs, tmp_path, args, message):
     errors = [line for line in done.stderr.splitlines() if "error:" in line]
     assert done.returncode == 2 and len(errors) == 1 and fill(message) in errors[0], done.stderr
     assert "Traceback" not in done.stderr and not list(tmp_path.glob("**/*.gif"))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_trace_on_a_mix_names_the_level_drawn(runs, tmp_path, seed):
+    trace_cli([str(runs / "mix"), "--seed", str(seed), "--out", str(tmp_path / "t")])
+    line = (tmp_path / "t.txt").read_text().splitlines()[1]
+    level = {"go": "BabyAI-GoToObj-v0", "pick": "BabyAI-PickupDist-v0"}[line.split(": '")[1].split()[0]]
+    assert line.startswith(f"{MIX} (this episode: {level}), held-out seed {seed}: ")
