@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bidir.checks import positive_int  # noqa: E402
-from bidir.run_data import AGENTS, load_runs, load_wandb_runs, return_threshold  # noqa: E402
+from bidir.run_data import AGENTS, ENTROPIES, load_runs, load_wandb_runs, return_threshold  # noqa: E402
 
 # Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom; 1.96 beyond.
 T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
@@ -112,6 +112,8 @@ def summarize(runs: dict[str, list[dict]], last: int = 5, window: int = 5) -> di
             "frames_to_success_0.9": mean_ci(to_success), "reached_success_0.9": int(np.sum(~np.isnan(to_success))),
             "eval": {mode: {key: mean_ci([r["eval"][mode][key] for r in group if mode in r["eval"]])
                             for key in ("success_rate", "return_mean", "episode_length_mean")} for mode in modes},
+            "policy_entropy": {agent: mean_ci([final_mean(r["entropy"][agent], last) for r in group])
+                               for agent in ENTROPIES.values() if all(agent in r.get("entropy", {}) for r in group)},
             "wall_time_s": mean_ci([r["wall_time_s"] for r in group]),
         }
     return table
@@ -129,15 +131,18 @@ def markdown(table: dict) -> str:
     threshold = next(key for key in next(iter(table.values())) if key.startswith("frames_to_return_")).removeprefix(
         "frames_to_return_")
     lines = [f"| method | n (seeds) | final return | final success | frames to return {threshold} | frames to success 0.9 "
-             "| held-out return (mode) | wall time s |", "|---|---|---|---|---|---|---|---|"]
+             "| held-out return (mode) | policy entropy (agent) | wall time s |", "|---|---|---|---|---|---|---|---|---|"]
     for method, r in table.items():
         held_out = "; ".join(f"{_fmt(v['return_mean'])} ({mode})" for mode, v in r["eval"].items()) or "n/a"
+        entropy = "; ".join(f"{_fmt(v, 2)} ({agent})" for agent, v in r.get("policy_entropy", {}).items()) or "n/a"
         lines.append(
             f"| {method} | {r['seeds']} | {_fmt(r['final_return'])} | {_fmt(r['final_success'])} "
             f"| {_fmt(r[f'frames_to_return_{threshold}'], 0)} ({r[f'reached_return_{threshold}']}/{r['seeds']} reached) "
             f"| {_fmt(r['frames_to_success_0.9'], 0)} ({r['reached_success_0.9']}/{r['seeds']} reached) "
-            f"| {held_out} | {_fmt(r['wall_time_s'], 0)} |")
-    lines.append("\nmean ± 95% CI (Student's t) over the n runs of a method; a single run has no interval.")
+            f"| {held_out} | {entropy} | {_fmt(r['wall_time_s'], 0)} |")
+    lines.append("\nmean ± 95% CI (Student's t) over the n runs of a method; a single run has no interval. Final "
+                 "figures and policy entropy (over the 6 instructions; uniform: 1.79) are each run's mean over its last "
+                 "iterations (`--last`).")
     return "\n".join(lines)
 
 

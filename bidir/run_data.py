@@ -44,6 +44,10 @@ def _bad_file(path: Path, why) -> ValueError:
 AGENTS = {"eval_teacher_alone_return": "teacher alone", "eval_student_alone_return": "student alone"}
 """Each agent's held-out return during training (rl_script_args.eval_every), where a run has it."""
 
+ENTROPIES = {"teacher_policy_entropy": "teacher", "student_entropy": "student"}
+"""Each agent's policy entropy over the states of an iteration (uniform over the 6 instructions: ln 6 =
+1.79), where the method has that agent: with the critique, the teacher's follows the student's."""
+
 
 def _read_metrics(path: Path) -> list[dict]:
     """metrics.csv's rows, each with the columns compare uses as floats (NaN where empty)."""
@@ -57,7 +61,7 @@ def _read_metrics(path: Path) -> list[dict]:
     if not header:  # a run that has not finished its first iteration
         return []
     missing = [c for c in required if c not in header]
-    columns = required + tuple(c for c in AGENTS if c in header)
+    columns = required + tuple(c for c in (*AGENTS, *ENTROPIES) if c in header)
     if missing:
         raise _bad_file(path, f"has no column {', '.join(missing)}")
     values = []
@@ -98,7 +102,8 @@ def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
             "path": str(path), "seed": seed, "frames": column("frames"),
             "return": column("return_mean"), "success": column("success_rate"), "episodes": column("episodes"),
             "eval": evaluation, "wall_time_s": rows[-1]["wall_time_s"], "return_threshold": threshold,
-            "agents": {key: column(key) for key in AGENTS if key in rows[0]}})
+            "agents": {key: column(key) for key in AGENTS if key in rows[0]},
+            "entropy": {agent: column(key) for key, agent in ENTROPIES.items() if key in rows[0]}})
     if not runs:
         raise ValueError(f"no run directories (with config.yaml and metrics.csv) in {' '.join(patterns)}")
     return dict(runs)

@@ -36,17 +36,20 @@ def test_frames_to_threshold():
     assert math.isnan(frames_to(frames, np.array([0.5, 0.6, np.nan]), 0.8))
 
 
-def write_run(directory, method, seed, returns, return_threshold=None):
-    """A run directory as bidir.train leaves it (config.yaml without return_threshold: an older run)."""
+def write_run(directory, method, seed, returns, return_threshold=None, **columns):
+    """A run directory as bidir.train leaves it (config.yaml without return_threshold: an older run),
+    with `columns` (name: one value per iteration) added to metrics.csv."""
     directory.mkdir(parents=True)
     args = {"method": method, "seed": seed} | ({"return_threshold": return_threshold} if return_threshold else {})
     OmegaConf.save({"rl_script_args": args}, directory / "config.yaml")
     with open(directory / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, ["iteration", "frames", "success_rate", "return_mean", "episodes", "wall_time_s"])
+        writer = csv.DictWriter(f, ["iteration", "frames", "success_rate", "return_mean", "episodes", "wall_time_s",
+                                    *columns])
         writer.writeheader()
         for i, r in enumerate(returns):
             writer.writerow({"iteration": i, "frames": 100 * (i + 1), "success_rate": 1.0 if r > 0 else 0.0,
-                             "return_mean": r, "episodes": 2, "wall_time_s": i + 1})
+                             "return_mean": r, "episodes": 2, "wall_time_s": i + 1}
+                            | {name: values[i] for name, values in columns.items()})
 
 
 def test_summary_from_run_directories(tmp_path):
@@ -68,6 +71,23 @@ def test_frames_to_the_levels_return_threshold_from_the_runs_config(tmp_path):
     # smoothed over 2 iterations, seed 1 reaches 0.5 at frame 300 (0.6, 0.6), seed 2 at 400 (0.6, 0.9)
     assert table["bidir"]["frames_to_return_0.5"][0] == 350.0 and table["bidir"]["reached_return_0.5"] == 2
     assert "| frames to return 0.5 |" in markdown(table).splitlines()[0]
+
+
+def test_each_agents_policy_entropy_at_the_end_where_the_method_has_that_agent(tmp_path):
+    write_run(tmp_path / "bidir" / "seed1", "bidir", 1, [0.5] * 3, teacher_policy_entropy=[0.9, 1.4, 1.6],
+              student_entropy=[1.7, 1.5, 1.5])
+    write_run(tmp_path / "bidir" / "seed2", "bidir", 2, [0.5] * 3, teacher_policy_entropy=[0.9, 1.2, 1.2],
+              student_entropy=[1.7, 1.1, 1.1])
+    write_run(tmp_path / "glam" / "seed1", "glam", 1, [0.5] * 3, teacher_policy_entropy=[1.0, 0.8, 0.6])
+    write_run(tmp_path / "student" / "seed1", "student", 1, [0.5] * 3)  # a run made before the column: no figure
+    table = summarize(load_runs([str(tmp_path / "*" / "seed*")]), last=2, window=2)
+    # last 2 iterations: teacher 1.5 and 1.2, mean 1.35, half-width t(0.975, 1) * 0.15 = 12.706 * 0.15
+    assert table["bidir"]["policy_entropy"]["teacher"] == (pytest.approx(1.35), pytest.approx(12.706 * 0.15, rel=1e-3))
+    assert table["bidir"]["policy_entropy"]["student"][0] == pytest.approx(1.3)
+    assert list(table["glam"]["policy_entropy"]) == ["teacher"] and table["student"]["policy_entropy"] == {}
+    rows = {line.split(" | ")[0]: line.split(" | ")[7] for line in markdown(table).splitlines()[2:5]}
+    assert rows == {"| bidir": "1.35 ± 1.91 (teacher); 1.30 ± 2.54 (student)", "| glam": "0.70 (teacher)",
+                    "| student": "n/a"}
 
 
 def test_a_run_that_has_not_finished_an_iteration_is_left_out(tmp_path):
