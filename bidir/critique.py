@@ -5,7 +5,9 @@ The student's critic has seen far more of the environment than the teacher's val
 advantage A_S(t) says how much better the action taken at step t turned out than the student
 expected. On the steps where the student chose, where A_S(t) > 0, the teacher imitates the
 student's action, weighted by A_S(t), so the teacher keeps learning from its student after it
-stops acting. Without a critique the teacher's PPO uses its own GAE on executed steps and nothing
+stops acting. A student that is still unsure copies its spread into the teacher this way
+(docs/design.md, "Across levels"); with `critique_where_surer` the teacher imitates only the
+steps where the student's policy had lower entropy than the teacher's message. Without a critique the teacher's PPO uses its own GAE on executed steps and nothing
 else. (Two other routes were measured and dropped: docs/design.md.)
 """
 from __future__ import annotations
@@ -26,6 +28,11 @@ class TeacherTargets:
     imitation: np.ndarray
 
 
+def entropy(probs: np.ndarray) -> np.ndarray:
+    """Each row's entropy (nats) of a (n, k) matrix of probabilities."""
+    return -(probs * np.log(np.clip(probs, 1e-12, None))).sum(axis=1)
+
+
 def normalised(values: np.ndarray, scale_from: np.ndarray | None = None) -> np.ndarray:
     """`values` divided by the standard deviation of `scale_from` (default: of `values`); signs
     are kept, so a positive critique stays positive. Unchanged when that deviation is ~0."""
@@ -35,14 +42,15 @@ def normalised(values: np.ndarray, scale_from: np.ndarray | None = None) -> np.n
 
 def teacher_targets(instruction: np.ndarray, action: np.ndarray, executed: np.ndarray,
                     own_advantage: np.ndarray, student_advantage: np.ndarray | None, imitate: bool,
-                    normalise: bool = True) -> TeacherTargets:
+                    normalise: bool = True, imitable: np.ndarray | None = None) -> TeacherTargets:
     """The teacher's training rows from its queries.
 
     PPO trains only on executed queries, where the instruction is what happened (the teacher's
     own, on-policy data), with the teacher's own GAE advantage, with `normalise` divided by its
     spread on those queries. With `imitate` (and a student), student-chosen queries whose student
     advantage is positive become imitation rows for the student's action, weighted by that
-    advantage (divided by its spread with `normalise`)."""
+    advantage (divided by its spread with `normalise`); `imitable`, where given, limits them to
+    its true rows (the spread is still that of every row's student advantage)."""
     executed = np.asarray(executed, bool)
 
     def scale(values, scale_from=None):
@@ -51,6 +59,9 @@ def teacher_targets(instruction: np.ndarray, action: np.ndarray, executed: np.nd
     advantage = scale(own_advantage, own_advantage[executed]) if executed.any() else own_advantage
     imitation = np.zeros(len(executed), np.float32)
     if imitate and student_advantage is not None:
-        imitation = np.where(executed, 0.0, np.maximum(scale(student_advantage), 0.0)).astype(np.float32)
+        imitation = np.where(executed, 0.0, np.maximum(scale(student_advantage), 0.0))
+        if imitable is not None:
+            imitation = np.where(imitable, imitation, 0.0)
+        imitation = imitation.astype(np.float32)
     return TeacherTargets(action=np.where(executed, instruction, action), advantage=advantage.astype(np.float32),
                           ppo=executed, imitation=imitation)

@@ -27,6 +27,7 @@ class Step:
     action: np.ndarray
     logprob: np.ndarray        # log mu(action) of the acting mixture (the student's PPO ratio)
     value: np.ndarray          # V_S
+    student_entropy: np.ndarray  # entropy of pi_S(. | s, m) (0 without a student)
 
 
 class Acting:
@@ -68,7 +69,7 @@ class Acting:
                 for e, prompt in zip(ask, asked):
                     prompts[e] = prompt
         shown = self.rng.random(n) < 1.0 - self.message_dropout if self.teacher else np.zeros(n, bool)
-        logprob, value = np.zeros(n, np.float32), np.zeros(n, np.float32)
+        logprob, value, student_entropy = np.zeros(n, np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32)
         if self.student:
             with phases("student_forward"), torch.no_grad():
                 x = student_inputs(obs, list(history.missions), self.instruction, self.probs, self.teacher_value,
@@ -78,10 +79,11 @@ class Acting:
                 action = np.where(self.executed, self.instruction, action)
                 logprob = behaviour_logprob(dist.probs.cpu().numpy(), action, self.instruction, eps)
                 value = student_value.cpu().numpy()
+                student_entropy = dist.entropy().cpu().numpy()
         else:
             action = self.instruction.copy()
         return Step(queried, prompts, self.instruction.copy(), self.probs.copy(), self.teacher_value.copy(), shown,
-                    self.executed.copy(), action, logprob, value)
+                    self.executed.copy(), action, logprob, value, student_entropy)
 
     def observe(self, history: PromptHistory, action: np.ndarray, done: np.ndarray, infos: list[dict]) -> list[dict]:
         """After the environments stepped: the histories advance, an ended episode starts afresh
@@ -132,6 +134,7 @@ class Rollout:
     action: np.ndarray
     logprob: np.ndarray
     value: np.ndarray
+    student_entropy: np.ndarray
     reward: np.ndarray
     done: np.ndarray
 
@@ -143,7 +146,8 @@ class Rollout:
         return cls(image=zeros(np.uint8, 7, 7, 3), direction=zeros(np.int64), missions=[], prompts=[],
                    queried=zeros(bool), instruction=zeros(np.int64), probs=zeros(np.float64, k),
                    teacher_value=zeros(np.float32), shown=zeros(bool), executed=zeros(bool), action=zeros(np.int64),
-                   logprob=zeros(np.float32), value=zeros(np.float32), reward=zeros(np.float32), done=zeros(bool))
+                   logprob=zeros(np.float32), value=zeros(np.float32), student_entropy=zeros(np.float32),
+                   reward=zeros(np.float32), done=zeros(bool))
 
     def record(self, t: int, obs: dict, missions: list[str], step: Step):
         """Stores step `t`: the observation acted on and what `step` says happened."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bidir.critique import teacher_targets
+from bidir.critique import entropy, teacher_targets
 from bidir.llm import make_caller, under_lamorel_launcher
 from bidir.methods import Method
 from bidir.ppo import gae
@@ -70,14 +70,15 @@ class TeacherRows:
 
 
 def teacher_rows(rollout, last_value: np.ndarray, student_advantage: np.ndarray | None, imitate: bool,
-                 normalize: bool, gamma: float, lam: float) -> TeacherRows:
+                 normalize: bool, gamma: float, lam: float, where_surer: bool = False) -> TeacherRows:
     """The teacher's rows of a rollout: one per query, rewarded with the env reward summed until
     the next query; GAE over each env's queries with V_T gives its advantages and value targets.
     PPO trains on the executed queries; with the critique (`student_advantage`, `imitate`) the
-    teacher also imitates the student's good choices (bidir/critique.py)."""
+    teacher also imitates the student's good choices (bidir/critique.py), with `where_surer` only
+    where the student's policy had lower entropy than the teacher's message."""
     steps, n_envs = rollout.reward.shape
-    columns = {key: [] for key in ("instruction", "action", "executed", "probs", "value", "advantage", "returns",
-                                   "student_advantage")}
+    columns = {key: [] for key in ("instruction", "action", "executed", "probs", "student_entropy", "value",
+                                   "advantage", "returns", "student_advantage")}
     prompts = []
     for e in range(n_envs):
         starts = np.flatnonzero(rollout.queried[:, e])
@@ -89,7 +90,7 @@ def teacher_rows(rollout, last_value: np.ndarray, student_advantage: np.ndarray 
         advantages, returns = gae(rewards[:, None], values[:, None], rollout.done[ends - 1, e][:, None],
                                   last_value[e:e + 1], gamma, lam)
         prompts += [rollout.prompts[s][e] for s in starts]
-        for key in ("instruction", "action", "executed", "probs"):
+        for key in ("instruction", "action", "executed", "probs", "student_entropy"):
             columns[key].append(getattr(rollout, key)[starts, e])
         columns["value"].append(values)
         columns["advantage"].append(advantages[:, 0])
@@ -97,8 +98,9 @@ def teacher_rows(rollout, last_value: np.ndarray, student_advantage: np.ndarray 
         if student_advantage is not None:
             columns["student_advantage"].append(student_advantage[starts, e])
     data = {key: np.concatenate(value) for key, value in columns.items() if value}  # no student: no advantages
+    surer = data["student_entropy"] < entropy(data["probs"]) if where_surer else None
     targets = teacher_targets(data["instruction"], data["action"], data["executed"], data["advantage"],
-                              data.get("student_advantage"), imitate, normalize)
+                              data.get("student_advantage"), imitate, normalize, surer)
     logprob = np.log(data["probs"][np.arange(len(targets.action)), targets.action])
     return TeacherRows(prompts, targets.action, logprob, data["value"], targets.advantage, data["returns"],
                        targets.ppo, targets.imitation)

@@ -2,8 +2,9 @@
 
 For each step: the prompt the teacher read, its distribution over the instructions, whether the
 student saw the message, who acted and what, the reward, and the critique where there is one
-(bidir, on the teacher's queries where the student chose: the student's advantage A_S of its
-action, which the teacher imitates when positive). Written as text and as an animated picture:
+(bidir, on the teacher's queries where the student chose, with `critique_where_surer` only where
+it was surer than the teacher: the student's advantage A_S of its action, which the teacher
+imitates when positive). Written as text and as an animated picture:
 minigrid's view of the room before each step, with what was said and done written under it.
 The episode is the first one of held-out evaluation seed N, as `bidir-eval --seed N` plays it.
 """
@@ -19,6 +20,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from bidir.checks import non_negative_int, quiet_libraries
+from bidir.critique import entropy
 from bidir.envs import TextVecEnv
 from bidir.evaluate import EVAL_SEED_BASE, MODES, load_run, modes_for, restore
 from bidir.methods import get_method
@@ -67,7 +69,8 @@ def trace_episode(config, student, teacher, mode: str, seed: int, iteration: int
     obs, infos = envs.reset()
     history.start(0, infos[0])
     mission = history.missions[0]
-    steps, frames, queried, phases = [], [], [], Phases()
+    where_surer = args.get("critique_where_surer", False)  # a run made before the key imitated everywhere
+    steps, frames, critiqued, phases = [], [], [], Phases()
     while True:
         frames.append(envs.envs[0].unwrapped.get_frame(tile_size=32))
         step = acting.act(obs, history, eps, phases)
@@ -78,7 +81,8 @@ def trace_episode(config, student, teacher, mode: str, seed: int, iteration: int
                                 instructions[step.instruction[0]] if teacher else None, bool(step.shown[0]),
                                 "teacher" if executed else "student", instructions[step.action[0]],
                                 float(reward[0]), float(step.value[0]) if student else None, None))
-        queried.append(bool(step.queried[0]) and not executed)
+        surer = step.student_entropy[0] < entropy(step.probs[:1])[0]
+        critiqued.append(bool(step.queried[0]) and not executed and (surer or not where_surer))
         if done[0]:
             break
     if method.critique and args.critique_imitation > 0 and student is not None and teacher is not None:
@@ -87,7 +91,7 @@ def trace_episode(config, student, teacher, mode: str, seed: int, iteration: int
         dones = np.zeros_like(rewards, bool)
         dones[-1] = True
         advantages, _ = gae(rewards, student_values, dones, np.zeros(1, np.float32), args.gamma, args.lam)
-        for s, a, q in zip(steps, advantages[:, 0], queried):
+        for s, a, q in zip(steps, advantages[:, 0], critiqued):
             s.critique = float(a) if q else None
     return mission, steps, frames, infos[0]["episode"]
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from bidir import checkpoint
 from bidir.checks import UsageError, check_config, check_override_keys, quiet_libraries, usage
+from bidir.critique import entropy
 from bidir.envs import TextVecEnv
 from bidir.evaluate import agents_row
 from bidir.methods import Method, get_method
@@ -111,12 +112,12 @@ class Trainer:
             p = rollout.probs[rollout.queried]
             metrics.update(teacher_queries=int(rollout.queried.sum()), teacher_share=self.teacher_share(),
                            executed_rate=float(rollout.executed.mean()),
-                           teacher_policy_entropy=float(-(p * np.log(np.clip(p, 1e-12, None))).sum(1).mean()))
+                           teacher_policy_entropy=float(entropy(p).mean()))
         if self.method.teacher_learns:
             with phases("teacher_update"):
                 rows = teacher_rows(rollout, teacher_last, critique if self.method.critique else None,
                                     args.critique_imitation > 0, args.teacher_normalize_advantages, args.gamma,
-                                    args.lam)
+                                    args.lam, args.critique_where_surer)
                 metrics.update(teacher_ppo_rows=int(rows.ppo.sum()), teacher_imitation_rows=int((rows.imitation > 0).sum()))
                 metrics.update(self.teacher.update(rows.shuffled(self.rng)))
         diverged = [f"{name} is {value}" for name, value in metrics.items() if not math.isfinite(value)]

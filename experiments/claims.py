@@ -90,6 +90,11 @@ COMPARISONS = [  # (claim, A, B, figures)
      ["final return", TO_THRESHOLD, "held-out return, teacher alone", "held-out return, student alone"]),
     ("the prior's own effect: bidir vs bidir with an untrained teacher", "bidir", "bidir-no-prior",
      ["held-out return, teacher alone", "held-out return, student alone", "final return"]),
+    ("the critique only where the student is surer: bidir with it vs bidir", "bidir-critique-surer", "bidir",
+     ["held-out return, teacher alone", "held-out return, student alone", "final return",
+      "return, last 50 iterations (or all)"]),
+    ("the critique only where the student is surer: its teacher vs glam's", "bidir-critique-surer", "glam",
+     ["held-out return, teacher alone"]),
     ("t2s vs the RL-only student", "t2s", "student", ["held-out return, student alone", "final return"]),
 ]
 

@@ -3,8 +3,9 @@ which rows train the teacher's PPO, with which advantage, and which rows it imit
 import numpy as np
 import pytest
 
-from bidir.critique import normalised, teacher_targets
-from bidir.rollout import behaviour_logprob
+from bidir.critique import entropy, normalised, teacher_targets
+from bidir.rollout import Rollout, behaviour_logprob
+from bidir.teacher import teacher_rows
 
 INSTRUCTION = np.array([0, 1, 2, 3])
 ACTION = np.array([0, 4, 2, 5])          # rows 0 and 2 executed the instruction; 1 and 3 are the student's
@@ -58,3 +59,37 @@ def test_without_normalisation_advantages_keep_their_scale():
     t = teacher_targets(INSTRUCTION, ACTION, EXECUTED, OWN, STUDENT, imitate=True, normalise=False)
     np.testing.assert_allclose(t.advantage, OWN)
     np.testing.assert_allclose(t.imitation, [0.0, 2.0, 0.0, 0.0])
+
+
+def test_entropy_of_each_row():
+    probs = np.array([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]])
+    np.testing.assert_allclose(entropy(probs), [0.0, np.log(3), np.log(2)], atol=1e-9)
+
+
+def test_imitable_limits_the_imitation_rows_and_keeps_their_scale():
+    # row 1 is the only student row with a positive advantage: barred, nothing is imitated
+    barred = teacher_targets(INSTRUCTION, ACTION, EXECUTED, OWN, STUDENT, imitate=True,
+                             imitable=np.array([True, False, True, True]))
+    np.testing.assert_array_equal(barred.imitation, 0.0)
+    allowed = teacher_targets(INSTRUCTION, ACTION, EXECUTED, OWN, STUDENT, imitate=True,
+                              imitable=np.array([False, True, False, False]))
+    np.testing.assert_allclose(allowed.imitation, [0.0, 2.0 / np.sqrt(2.5), 0.0, 0.0], rtol=1e-6)
+    np.testing.assert_array_equal(barred.ppo, EXECUTED)
+
+
+def test_where_surer_the_teacher_imitates_only_where_the_student_had_lower_entropy():
+    # one step, four envs, all queried, all the student's choices, all with a positive advantage;
+    # the teacher's message has entropy log 2 everywhere, the student's entropy varies around it
+    rollout = Rollout.empty(1, 4, 3)
+    rollout.prompts = [["a", "b", "c", "d"]]
+    rollout.queried[:] = True
+    rollout.probs[:] = [0.5, 0.5, 0.0]
+    rollout.action[:] = 1
+    rollout.student_entropy[0] = [0.1, np.log(2) - 0.01, np.log(2) + 0.01, np.log(3)]
+    advantage = np.ones((1, 4), np.float32)
+    every = teacher_rows(rollout, np.zeros(4, np.float32), advantage, imitate=True, normalize=False, gamma=0.99,
+                         lam=0.95)
+    surer = teacher_rows(rollout, np.zeros(4, np.float32), advantage, imitate=True, normalize=False, gamma=0.99,
+                         lam=0.95, where_surer=True)
+    np.testing.assert_array_equal(every.imitation, [1.0, 1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(surer.imitation, [1.0, 1.0, 0.0, 0.0])
