@@ -7,8 +7,9 @@ expected. On the steps where the student chose, where A_S(t) > 0, the teacher im
 student's action, weighted by A_S(t), so the teacher keeps learning from its student after it
 stops acting. A student that is still unsure copies its spread into the teacher this way
 (docs/design.md, "Across levels"); with `critique_where_surer` the teacher imitates only the
-steps where the student's policy had lower entropy than the teacher's message. Without a critique the teacher's PPO uses its own GAE on executed steps and nothing
-else. (Two other routes were measured and dropped: docs/design.md.)
+steps where the student's policy had lower entropy than the teacher's message. Without a
+critique the teacher's PPO uses its own GAE on executed steps and nothing else. (Two other
+routes were measured and dropped: docs/design.md.)
 """
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ class TeacherTargets:
 def entropy(probs: np.ndarray) -> np.ndarray:
     """Each row's entropy (nats) of a (n, k) matrix of probabilities."""
     return -(probs * np.log(np.clip(probs, 1e-12, None))).sum(axis=1)
+
+
+def student_surer(student_entropy: np.ndarray, teacher_probs: np.ndarray) -> np.ndarray:
+    """Where the student's policy had lower entropy than the teacher's message: the steps that
+    `critique_where_surer` lets the teacher imitate."""
+    return student_entropy < entropy(teacher_probs)
 
 
 def normalised(values: np.ndarray, scale_from: np.ndarray | None = None) -> np.ndarray:
@@ -59,9 +66,7 @@ def teacher_targets(instruction: np.ndarray, action: np.ndarray, executed: np.nd
     advantage = scale(own_advantage, own_advantage[executed]) if executed.any() else own_advantage
     imitation = np.zeros(len(executed), np.float32)
     if imitate and student_advantage is not None:
-        imitation = np.where(executed, 0.0, np.maximum(scale(student_advantage), 0.0))
-        if imitable is not None:
-            imitation = np.where(imitable, imitation, 0.0)
-        imitation = imitation.astype(np.float32)
+        barred = executed if imitable is None else executed | ~np.asarray(imitable, bool)
+        imitation = np.where(barred, 0.0, np.maximum(scale(student_advantage), 0.0)).astype(np.float32)
     return TeacherTargets(action=np.where(executed, instruction, action), advantage=advantage.astype(np.float32),
                           ppo=executed, imitation=imitation)

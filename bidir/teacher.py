@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bidir.critique import entropy, teacher_targets
+from bidir.critique import student_surer, teacher_targets
 from bidir.llm import make_caller, under_lamorel_launcher
 from bidir.methods import Method
 from bidir.ppo import gae
@@ -98,7 +98,7 @@ def teacher_rows(rollout, last_value: np.ndarray, student_advantage: np.ndarray 
         if student_advantage is not None:
             columns["student_advantage"].append(student_advantage[starts, e])
     data = {key: np.concatenate(value) for key, value in columns.items() if value}  # no student: no advantages
-    surer = data["student_entropy"] < entropy(data["probs"]) if where_surer else None
+    surer = student_surer(data["student_entropy"], data["probs"]) if where_surer else None
     targets = teacher_targets(data["instruction"], data["action"], data["executed"], data["advantage"],
                               data.get("student_advantage"), imitate, normalize, surer)
     logprob = np.log(data["probs"][np.arange(len(targets.action)), targets.action])

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from bidir.checks import non_negative_int, quiet_libraries
-from bidir.critique import entropy
+from bidir.critique import student_surer
 from bidir.envs import TextVecEnv
 from bidir.evaluate import EVAL_SEED_BASE, MODES, load_run, modes_for, restore
 from bidir.methods import get_method
@@ -81,8 +81,8 @@ def trace_episode(config, student, teacher, mode: str, seed: int, iteration: int
                                 instructions[step.instruction[0]] if teacher else None, bool(step.shown[0]),
                                 "teacher" if executed else "student", instructions[step.action[0]],
                                 float(reward[0]), float(step.value[0]) if student else None, None))
-        surer = step.student_entropy[0] < entropy(step.probs[:1])[0]
-        critiqued.append(bool(step.queried[0]) and not executed and (surer or not where_surer))
+        imitable = not where_surer or bool(student_surer(step.student_entropy[:1], step.probs[:1])[0])
+        critiqued.append(bool(step.queried[0]) and not executed and imitable)
         if done[0]:
             break
     if method.critique and args.critique_imitation > 0 and student is not None and teacher is not None:
