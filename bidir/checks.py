@@ -31,6 +31,7 @@ RANGES = {  # bounds (inclusive, None: open) beyond the type, for keys whose non
     "rl_script_args.message_dropout": (0.0, 1.0),
     "rl_script_args.teacher_share_start": (0.0, 1.0),
     "rl_script_args.teacher_share_iterations": (0, None),
+    "rl_script_args.teacher_share_end": (0.0, 1.0),
     "rl_script_args.critique_imitation": (0.0, None),
     "rl_script_args.teacher_every": (1, None),
     "rl_script_args.prompt_history": (1, None),

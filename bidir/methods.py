@@ -17,15 +17,15 @@ class Method:
     critique: bool         # the teacher also learns from the student's critique (imitation of its good choices)
     summary: str           # one line for --help
 
-    def teacher_share(self, iteration: int, start: float, iterations: int) -> float:
+    def teacher_share(self, iteration: int, start: float, iterations: int, end: float) -> float:
         """eps_k, the probability that a query's instruction is executed: 1 when the teacher acts
-        alone (glam), 0 without a teacher, else the mixture's share, annealed from `start` to 0
-        over `iterations`."""
+        alone (glam), 0 without a teacher, else the mixture's share, annealed linearly from `start`
+        to `end` over `iterations` and `end` after."""
         if not self.teacher:
             return 0.0
         if not self.student:
             return 1.0
-        return anneal(iteration, start, iterations)
+        return end + anneal(iteration, start - end, iterations)
 
 
 METHODS = {

@@ -55,8 +55,9 @@ def trace_episode(config, student, teacher, mode: str, seed: int, iteration: int
     args = config.rl_script_args
     method = get_method(args.method)
     if mode == "training":
-        eps, dropout = method.teacher_share(iteration, args.teacher_share_start, args.teacher_share_iterations), \
-            args.message_dropout
+        eps = method.teacher_share(iteration, args.teacher_share_start, args.teacher_share_iterations,
+                                   args.teacher_share_end)
+        dropout = args.message_dropout
     else:
         student_acts, consults_teacher = MODES[mode]
         student, teacher = (student if student_acts else None), (teacher if consults_teacher else None)

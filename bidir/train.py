@@ -83,7 +83,7 @@ class Trainer:
     def teacher_share(self) -> float:
         """eps_k at this iteration (Method.teacher_share)."""
         return self.method.teacher_share(self.iteration, self.args.teacher_share_start,
-                                         self.args.teacher_share_iterations)
+                                         self.args.teacher_share_iterations, self.args.teacher_share_end)
 
     def collect(self, phases: Phases) -> tuple[Rollout, list[dict]]:
         """One iteration's rollout and the episodes that ended in it."""

@@ -1,4 +1,4 @@
-"""GAE, PPO losses, the distillation schedule and KL, on hand-computed cases."""
+"""GAE, PPO losses, the distillation and acting schedules and KL, on hand-computed cases."""
 import math
 
 import numpy as np
@@ -50,6 +50,18 @@ def test_value_loss_takes_the_worse_of_clipped_and_unclipped():
 def test_schedules_anneal_linearly_to_zero():
     assert [anneal(k, 2.0, 20) for k in (0, 5, 10, 20, 30)] == [2.0, 1.5, 1.0, 0.0, 0.0]
     assert anneal(0, 1.0, 0) == 0.0
+
+
+def test_teachers_share_of_acting_falls_to_its_floor_and_stays():
+    from bidir.methods import get_method
+    bidir = get_method("bidir")
+    # start 1, floor 0.2 over 20 iterations: 1 - 0.8 k / 20 until k = 20, then 0.2
+    assert [bidir.teacher_share(k, 1.0, 20, 0.2) for k in (0, 5, 10, 20, 30)] == \
+        pytest.approx([1.0, 0.8, 0.6, 0.2, 0.2])
+    # without a floor the schedule is the distillation's, exactly (runs made before the floor reproduce)
+    assert [bidir.teacher_share(k, 1.0, 30, 0.0) for k in range(40)] == [anneal(k, 1.0, 30) for k in range(40)]
+    assert get_method("glam").teacher_share(50, 1.0, 30, 0.2) == 1.0
+    assert get_method("student").teacher_share(0, 1.0, 30, 0.2) == 0.0
 
 
 def test_kl_teacher_student():

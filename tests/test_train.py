@@ -157,16 +157,20 @@ def test_bidir_eval_cli_on_a_run_directory(tmp_path):
     assert missing.returncode == 2 and "not a bidir run directory" in missing.stderr
 
 
-@pytest.mark.parametrize("teacher_share", [0.0, 1.0])
-def test_who_acts_and_the_behaviour_probability_the_student_learns_from(tmp_path, teacher_share):
+@pytest.mark.parametrize("teacher_share, overrides", [
+    (0.0, ["rl_script_args.teacher_share_start=0.0"]), (1.0, ["rl_script_args.teacher_share_start=1.0"]),
+    (1.0, ["rl_script_args.teacher_share_start=0.0", "rl_script_args.teacher_share_iterations=0",
+           "rl_script_args.teacher_share_end=1.0"])])
+def test_who_acts_and_the_behaviour_probability_the_student_learns_from(tmp_path, teacher_share, overrides):
     # eps = 1: every action is the teacher's instruction, with behaviour probability 1;
-    # eps = 0: the student acts, and its own probability is the behaviour's
+    # eps = 0: the student acts, and its own probability is the behaviour's. A floor
+    # (teacher_share_end) sets eps once the hand-over is over, here from the first iteration.
     from bidir.methods import get_method
     from bidir.metrics import Phases
     from bidir.models import resolve_model_path
     from bidir.teacher import start_teacher, teacher_rows
     from bidir.train import Trainer
-    config = small_config(tmp_path, "bidir", f"rl_script_args.teacher_share_start={teacher_share}")
+    config = small_config(tmp_path, "bidir", *overrides)
     config.lamorel_args.llm_configs.main_llm.model_path = resolve_model_path("tiny-t5")
     bidir = get_method("bidir")
     trainer = Trainer(config, bidir, start_teacher(config, bidir))
