@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from bidir.checks import non_negative_int, quiet_libraries
-from bidir.critique import student_surer
+from bidir.critique import entropy, student_surer
 from bidir.envs import TextVecEnv
 from bidir.evaluate import EVAL_SEED_BASE, MODES, load_run, modes_for, restore
 from bidir.methods import get_method
@@ -40,12 +40,14 @@ class TracedStep:
 
     prompt: str | None        # the prompt asked at this step (None: no teacher, or its message kept)
     probs: list[float] | None  # pi_T of the current message (None without a teacher)
+    teacher_entropy: float | None  # its entropy (nats)
     instruction: str | None   # the teacher's current instruction
     shown: bool               # the student saw the message
     actor: str                # "teacher" (its instruction executed) or "student"
     action: str
     reward: float
     student_value: float | None  # V_S before the step (None without a student)
+    student_entropy: float | None  # entropy of pi_S at the step (nats): below the teacher's, the student is surer
     critique: float | None    # A_S of the student's action where it trains the teacher
 
 
@@ -79,9 +81,11 @@ def trace_episode(config, student, teacher, mode: str, seed: int, iteration: int
         acting.observe(history, step.action, done, infos)
         executed = bool(step.executed[0]) or student is None
         steps.append(TracedStep(step.prompts[0], step.probs[0].round(3).tolist() if teacher else None,
+                                float(entropy(step.probs[:1])[0]) if teacher else None,
                                 instructions[step.instruction[0]] if teacher else None, bool(step.shown[0]),
                                 "teacher" if executed else "student", instructions[step.action[0]],
-                                float(reward[0]), float(step.value[0]) if student else None, None))
+                                float(reward[0]), float(step.value[0]) if student else None,
+                                float(step.student_entropy[0]) if student else None, None))
         imitable = not where_surer or bool(student_surer(step.student_entropy[:1], step.probs[:1])[0])
         critiqued.append(bool(step.queried[0]) and not executed and imitable)
         if done[0]:
@@ -106,9 +110,10 @@ def trace_text(steps: list[TracedStep], header: list[str], instructions: list[st
             prompt = textwrap.indent(s.prompt, " " * 12).lstrip() if s.prompt else "(the last message is kept)"
             lines.append(f"  prompt:   {prompt}")
             lines.append("  teacher:  " + " | ".join(f"{name} {p:.2f}{'*' if name == s.instruction else ''}"
-                                                    for name, p in zip(instructions, s.probs)))
+                                                    for name, p in zip(instructions, s.probs))
+                         + f" (entropy {s.teacher_entropy:.2f})")
             lines.append(f"  message:  {'shown' if s.shown else 'hidden'}: {s.instruction}")
-        value = f" (V_S {s.student_value:.3f})" if s.student_value is not None else ""
+        value = f" (V_S {s.student_value:.3f}, entropy {s.student_entropy:.2f})" if s.student_value is not None else ""
         lines.append(f"  acted:    {s.actor}: {s.action}{value}")
         lines.append(f"  reward:   {s.reward:.3f}")
         if s.critique is not None:

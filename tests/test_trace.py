@@ -59,6 +59,25 @@ def test_critique_is_the_students_advantage_on_its_own_choices(runs):
     assert text.count("the teacher imitates") == sum(s.critique > 0 for s in steps)
 
 
+def test_with_the_gate_the_critique_is_only_where_the_student_was_surer(runs):
+    config, saved = load_run(runs / "bidir")
+    student, teacher = restore(config, saved)
+    surer = steps = 0
+    for seed in (0, 1, 2):
+        config.rl_script_args.critique_where_surer = False
+        _, everywhere, _, _ = trace_episode(config, student, teacher, "student_with_teacher", seed, iteration=2)
+        config.rl_script_args.critique_where_surer = True
+        _, gated, _, _ = trace_episode(config, student, teacher, "student_with_teacher", seed, iteration=2)
+        assert [s.action for s in gated] == [s.action for s in everywhere]  # the gate changes learning, not acting
+        for s, t in zip(gated, everywhere):
+            assert t.critique is not None  # every step is a query where the student chose
+            assert s.critique == (t.critique if s.student_entropy < s.teacher_entropy else None)
+        text = trace_text(gated, ["header"], list(config.rl_script_args.instructions))
+        assert text.count("critique: A_S") == sum(s.student_entropy < s.teacher_entropy for s in gated)
+        surer, steps = surer + sum(s.critique is not None for s in gated), steps + len(gated)
+    assert 0 < surer < steps  # these episodes hold steps on both sides of the gate
+
+
 def test_training_mode_acts_as_the_run_at_its_checkpoint(runs):
     config, (_, steps, _, _) = traced(runs / "bidir", "training")
     # iteration 2 of 30: the teacher acts with eps = 1 - 2/30, the student sees half the messages
