@@ -95,6 +95,18 @@ COMPARISONS = [  # (claim, A, B, figures)
       "return, last 50 iterations (or all)"]),
     ("the critique only where the student is surer: its teacher vs glam's", "bidir-critique-surer", "glam",
      ["held-out return, teacher alone"]),
+    ("the teacher's rate: bidir at glam's teacher_lr 1e-4 vs bidir", "bidir-teacher-lr-1e-4", "bidir",
+     ["held-out return, teacher alone", "held-out return, student alone", "final return",
+      "return, last 50 iterations (or all)"]),
+    ("the teacher's rate: bidir's teacher at glam's teacher_lr vs the frozen teacher (t2s)", "bidir-teacher-lr-1e-4",
+     "t2s", ["held-out return, teacher alone"]),
+    ("the teacher's rate: bidir's teacher at glam's teacher_lr vs glam's", "bidir-teacher-lr-1e-4", "glam",
+     ["held-out return, teacher alone"]),
+    ("a floor on the teacher's share of acting: bidir with it vs bidir", "bidir-share-floor", "bidir",
+     ["held-out return, teacher alone", "held-out return, student alone", "final return",
+      "return, last 50 iterations (or all)"]),
+    ("a floor on the teacher's share of acting: its teacher vs glam's", "bidir-share-floor", "glam",
+     ["held-out return, teacher alone"]),
     ("t2s vs the RL-only student", "t2s", "student", ["held-out return, student alone", "final return"]),
 ]
 
@@ -102,6 +114,9 @@ LEVEL_COMPARISONS = [  # (claim, A, B, mode): on a mix, the held-out figure of m
     ("teacher -> student: bidir's student vs the RL-only student", "bidir", "student", "student_alone"),
     ("student -> teacher: bidir's teacher vs the frozen teacher (t2s)", "bidir", "t2s", "teacher_alone"),
     ("student -> teacher: bidir's teacher vs glam's", "bidir", "glam", "teacher_alone"),
+    ("the teacher's rate: bidir's teacher at glam's teacher_lr vs glam's", "bidir-teacher-lr-1e-4", "glam",
+     "teacher_alone"),
+    ("a floor on the teacher's share of acting: its teacher vs glam's", "bidir-share-floor", "glam", "teacher_alone"),
 ]
 
 
