@@ -107,6 +107,11 @@ COMPARISONS = [  # (claim, A, B, figures)
       "return, last 50 iterations (or all)"]),
     ("a floor on the teacher's share of acting: its teacher vs glam's", "bidir-share-floor", "glam",
      ["held-out return, teacher alone"]),
+    ("a floor at glam's teacher_lr: bidir at 1e-4 with it vs without it", "bidir-teacher-lr-1e-4-share-floor",
+     "bidir-teacher-lr-1e-4", ["held-out return, teacher alone", "held-out return, student alone", "final return",
+                               "return, last 50 iterations (or all)"]),
+    ("a floor at glam's teacher_lr: its teacher vs glam's", "bidir-teacher-lr-1e-4-share-floor", "glam",
+     ["held-out return, teacher alone"]),
     ("t2s vs the RL-only student", "t2s", "student", ["held-out return, student alone", "final return"]),
 ]
 
@@ -117,6 +122,8 @@ LEVEL_COMPARISONS = [  # (claim, A, B, mode): on a mix, the held-out figure of m
     ("the teacher's rate: bidir's teacher at glam's teacher_lr vs glam's", "bidir-teacher-lr-1e-4", "glam",
      "teacher_alone"),
     ("a floor on the teacher's share of acting: its teacher vs glam's", "bidir-share-floor", "glam", "teacher_alone"),
+    ("a floor at glam's teacher_lr: its teacher vs glam's", "bidir-teacher-lr-1e-4-share-floor", "glam",
+     "teacher_alone"),
 ]
 
 
