@@ -58,7 +58,7 @@ def trace_episode(config, student, teacher, mode: str, seed: int, iteration: int
     method = get_method(args.method)
     if mode == "training":
         eps = method.teacher_share(iteration, args.teacher_share_start, args.teacher_share_iterations,
-                                   args.teacher_share_end)
+                                   args.get("teacher_share_end", 0.0))  # a run made before the key had no floor
         dropout = args.message_dropout
     else:
         student_acts, consults_teacher = MODES[mode]

@@ -86,6 +86,21 @@ def test_training_mode_acts_as_the_run_at_its_checkpoint(runs):
     assert all(s.actor == "student" and s.probs is None and s.critique is None for s in student_steps)
 
 
+def test_a_run_made_before_the_newer_keys_is_traced_as_it_acted(runs, tmp_path):
+    # config.yaml of a run made before teacher_share_end and critique_where_surer: no floor, no gate
+    import re
+    import shutil
+    old = shutil.copytree(runs / "bidir", tmp_path / "old")
+    text = (old / "config.yaml").read_text()
+    stripped = re.sub(r"\n *(teacher_share_end|critique_where_surer):[^\n]*", "", text)
+    assert stripped.count("\n") == text.count("\n") - 2
+    (old / "config.yaml").write_text(stripped)
+    trace_cli([str(old), "--out", str(tmp_path / "old_trace")])
+    trace_cli([str(runs / "bidir"), "--out", str(tmp_path / "new_trace")])
+    assert (tmp_path / "old_trace.txt").read_text().splitlines()[1:] == \
+        (tmp_path / "new_trace.txt").read_text().splitlines()[1:]
+
+
 def test_cli_writes_the_text_and_a_picture_per_step(runs, tmp_path, capsys):
     trace_cli([str(runs / "bidir"), "--mode", "student_alone", "--out", str(tmp_path / "t")])
     text = (tmp_path / "t.txt").read_text()
