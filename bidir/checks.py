@@ -189,15 +189,13 @@ def check_resumable(config: DictConfig):
     if not saved_path.exists() or not any((output_dir / "checkpoints").glob("iter_*[0-9]")):
         return
     try:
-        saved = _leaves(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True))
+        saved = _leaves(OmegaConf.to_container(with_documented_defaults(OmegaConf.load(saved_path)),
+                                               resolve=True))
     except Exception as error:  # noqa: BLE001 - yaml and omegaconf raise many kinds
         raise UsageError(f"cannot resume {output_dir}: its config.yaml does not parse ({type(error).__name__}: "
                          f"{str(error).splitlines()[0]}); restore that file or choose a new "
                          f"rl_script_args.output_dir") from None
     new = _leaves(OmegaConf.to_container(config, resolve=True))
-    # A key added since the run was made stands at what the run did: new keys default to the old behaviour.
-    for key, default in _documented_defaults().items():
-        saved.setdefault(key, default)
     if saved.get(MODEL_PATH) != new.get(MODEL_PATH):  # a method without a teacher records the name unresolved
         saved[MODEL_PATH], new[MODEL_PATH] = _resolved(saved.get(MODEL_PATH)), _resolved(new.get(MODEL_PATH))
     missing = object()
@@ -208,6 +206,16 @@ def check_resumable(config: DictConfig):
         raise UsageError(f"output_dir {output_dir} holds a run with another configuration: "
                          f"{'; '.join(differences)}. Resume it with its own values ({saved_path}) or choose "
                          f"a new rl_script_args.output_dir")
+
+
+def with_documented_defaults(saved: DictConfig) -> DictConfig:
+    """A run's saved configuration with every documented key it lacks set to its default: a key
+    added since the run was made stands at what the run did (new keys default to the old behaviour)."""
+    absent = object()
+    for key, default in _documented_defaults().items():
+        if OmegaConf.select(saved, key, default=absent) is absent:
+            OmegaConf.update(saved, key, default, force_add=True)
+    return saved
 
 
 def _documented_defaults() -> dict:

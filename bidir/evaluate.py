@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from bidir import checkpoint
-from bidir.checks import non_negative_int, positive_int, quiet_libraries
+from bidir.checks import non_negative_int, positive_int, quiet_libraries, with_documented_defaults
 from bidir.envs import MIX_SEPARATOR, TextVecEnv
 from bidir.methods import get_method
 from bidir.metrics import Phases
@@ -147,7 +147,7 @@ def load_run(path: Path):
         config = OmegaConf.load(run_dir / "config.yaml")
     except Exception as error:  # noqa: BLE001 - yaml and omegaconf raise many kinds
         raise ValueError(f"{run_dir / 'config.yaml'} does not parse ({type(error).__name__})") from None
-    return config, latest
+    return with_documented_defaults(config), latest
 
 
 def restore(config, saved: Path):

@@ -40,7 +40,6 @@ class TracedStep:
 
     prompt: str | None        # the prompt asked at this step (None: no teacher, or its message kept)
     probs: list[float] | None  # pi_T of the current message (None without a teacher)
-    teacher_entropy: float | None  # its entropy (nats)
     instruction: str | None   # the teacher's current instruction
     shown: bool               # the student saw the message
     actor: str                # "teacher" (its instruction executed) or "student"
@@ -50,6 +49,11 @@ class TracedStep:
     student_entropy: float | None  # entropy of pi_S at the step (nats): below the teacher's, the student is surer
     critique: float | None    # A_S of the student's action where it trains the teacher
 
+    @property
+    def teacher_entropy(self) -> float | None:
+        """The entropy of pi_T (nats; None without a teacher)."""
+        return None if self.probs is None else float(entropy(np.array([self.probs]))[0])
+
 
 def trace_episode(config, student, teacher, mode: str, seed: int, iteration: int):
     """Plays the first held-out episode of evaluation seed `seed` in `mode`; returns its mission,
@@ -58,7 +62,7 @@ def trace_episode(config, student, teacher, mode: str, seed: int, iteration: int
     method = get_method(args.method)
     if mode == "training":
         eps = method.teacher_share(iteration, args.teacher_share_start, args.teacher_share_iterations,
-                                   args.get("teacher_share_end", 0.0))  # a run made before the key had no floor
+                                   args.teacher_share_end)
         dropout = args.message_dropout
     else:
         student_acts, consults_teacher = MODES[mode]
@@ -72,7 +76,6 @@ def trace_episode(config, student, teacher, mode: str, seed: int, iteration: int
     obs, infos = envs.reset()
     history.start(0, infos[0])
     mission = history.missions[0]
-    where_surer = args.get("critique_where_surer", False)  # a run made before the key imitated everywhere
     steps, frames, critiqued, phases = [], [], [], Phases()
     while True:
         frames.append(envs.envs[0].unwrapped.get_frame(tile_size=32))
@@ -80,13 +83,12 @@ def trace_episode(config, student, teacher, mode: str, seed: int, iteration: int
         obs, reward, done, infos = envs.step(step.action)
         acting.observe(history, step.action, done, infos)
         executed = bool(step.executed[0]) or student is None
-        steps.append(TracedStep(step.prompts[0], step.probs[0].round(3).tolist() if teacher else None,
-                                float(entropy(step.probs[:1])[0]) if teacher else None,
+        steps.append(TracedStep(step.prompts[0], step.probs[0].tolist() if teacher else None,
                                 instructions[step.instruction[0]] if teacher else None, bool(step.shown[0]),
                                 "teacher" if executed else "student", instructions[step.action[0]],
                                 float(reward[0]), float(step.value[0]) if student else None,
                                 float(step.student_entropy[0]) if student else None, None))
-        imitable = not where_surer or bool(student_surer(step.student_entropy[:1], step.probs[:1])[0])
+        imitable = not args.critique_where_surer or bool(student_surer(step.student_entropy[:1], step.probs[:1])[0])
         critiqued.append(bool(step.queried[0]) and not executed and imitable)
         if done[0]:
             break
