@@ -96,6 +96,9 @@ def check_config(config: DictConfig):
         except ValueError as error:
             raise UsageError(f"rl_script_args.{key}: {error}") from None
     method = get_method(args.method)
+    if args.teacher_advantage == "student" and method.teacher_learns and not method.student:
+        raise UsageError(f"rl_script_args.teacher_advantage=student needs a student; {args.method} has none "
+                         f"(use teacher_advantage=teacher)")
     if args.steps_per_iteration % args.n_envs:
         raise UsageError(f"rl_script_args.steps_per_iteration ({args.steps_per_iteration}) must be a multiple of "
                          f"rl_script_args.n_envs ({args.n_envs})")
@@ -153,10 +156,13 @@ def check_ranges(config: DictConfig):
 
 def choices_of_keys() -> dict[str, tuple]:
     """Keys that take one of a few words, with those words."""
+    from bidir.critique import TEACHER_ADVANTAGES, TEACHER_PPO_ROWS
     from bidir.prompts import PROMPT_FORMATS
     from bidir.teacher_llm import CANDIDATE_SCORINGS
 
     return {"wandb.mode": WANDB_MODES, "rl_script_args.prompt_format": PROMPT_FORMATS,
+            "rl_script_args.teacher_ppo_rows": TEACHER_PPO_ROWS,
+            "rl_script_args.teacher_advantage": TEACHER_ADVANTAGES,
             "lamorel_args.llm_configs.main_llm.candidate_scoring": CANDIDATE_SCORINGS}
 
 

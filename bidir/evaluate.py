@@ -22,7 +22,7 @@ from bidir.envs import MIX_SEPARATOR, TextVecEnv
 from bidir.methods import get_method
 from bidir.metrics import Phases
 from bidir.prompts import PromptHistory, build_prompt
-from bidir.rollout import Acting, summarize_episodes
+from bidir.rollout import Acting, Runner, summarize_episodes
 from bidir.student import Student
 from bidir.teacher import start_teacher
 
@@ -73,23 +73,12 @@ def play_episodes(mode: str, env_id: str, instructions: list[str], episodes: int
     acting = Acting(teacher if consults_teacher else None, student if student_acts else None, episodes,
                     instructions, teacher_every, message_dropout=0.0, rng=np.random.default_rng(seed),
                     torch_rng=torch.Generator().manual_seed(seed), device=device)
-    history = PromptHistory(episodes, prompt_history, teacher.build_prompt if teacher else build_prompt)
-    obs, infos = envs.reset()
-    for env, info in enumerate(infos):
-        history.start(env, info)
-    results: list[dict | None] = [None] * episodes
-    bar = tqdm(total=episodes, desc=mode, unit="episode", leave=False, disable=None)
-    phases = Phases()
-    while any(r is None for r in results):
-        active = np.array([r is None for r in results])
-        step = acting.act(obs, history, eps=0.0 if student_acts else 1.0, phases=phases, active=active)
-        obs, _, done, infos = envs.step(step.action)
-        acting.observe(history, step.action, done, infos)
-        for e in np.flatnonzero(done & active):
-            results[e] = infos[e]["episode"]
-            bar.update(1)
+    runner = Runner(acting, envs, PromptHistory(episodes, prompt_history,
+                                                teacher.build_prompt if teacher else build_prompt))
+    runner.reset()
+    with tqdm(total=episodes, desc=mode, unit="episode", leave=False, disable=None) as bar:
+        _, results = runner.first_episodes(eps=0.0 if student_acts else 1.0, phases=Phases(), bar=bar)
     envs.close()
-    bar.close()
     return results
 
 

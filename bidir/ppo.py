@@ -53,12 +53,16 @@ def gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_values:
 
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                clip_eps: float, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """PPO's clipped surrogate, negated for minimisation; averaged over the rows where `mask` is
-    true (all rows by default; 0 when none is)."""
+                clip_eps: float, mask: torch.Tensor | None = None,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+    """PPO's clipped surrogate, each row's times its importance weight (`weights`, default 1),
+    negated for minimisation; averaged over the rows where `mask` is true (all rows by default; 0
+    when none is)."""
     ratio = torch.exp(logprobs - old_logprobs)
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     surrogate = torch.min(ratio * advantages, clipped * advantages)
+    if weights is not None:
+        surrogate = surrogate * weights
     return -surrogate.mean() if mask is None else -masked_mean(surrogate, mask)
 
 

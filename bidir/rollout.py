@@ -1,10 +1,10 @@
-"""Acting, written once for training and evaluation: the teacher's messages, who acts (the
-teacher's instruction executed with probability eps, else the student), and the rollout that
-training learns from.
+"""Acting, written once for training, evaluation and the trace: the teacher's messages, who acts
+(the teacher's instruction executed with probability eps, else the student), the one episode loop
+around them (`Runner`), and the rollout that training learns from.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -117,9 +117,66 @@ class Acting:
 
 
 @dataclass
+class Transition:
+    """One step of the pair in every environment: the observation and missions it acted on, what
+    it did (`Step`), and what the environments returned."""
+
+    obs: dict
+    missions: list
+    step: Step
+    reward: np.ndarray
+    done: np.ndarray
+    infos: list[dict]
+    ended: list[dict]  # the statistics of the episodes that ended with this step
+
+
+class Runner:
+    """The one episode loop: the pair acts (`Acting.act`), the environments step, the histories
+    advance and ended episodes start afresh (`Acting.observe`). Training's rollouts (`collect`),
+    the held-out evaluation and the trace (`first_episodes`) all step through it."""
+
+    def __init__(self, acting: Acting, envs, history: PromptHistory):
+        self.acting, self.envs, self.history = acting, envs, history
+        self.obs: dict = {}
+
+    def reset(self):
+        """Starts every environment's first episode."""
+        self.obs, infos = self.envs.reset()
+        for env, info in enumerate(infos):
+            self.history.start(env, info)
+
+    def step(self, eps: float, phases, active: np.ndarray | None = None) -> Transition:
+        """One step in every environment; only `active` ones (default all) ask the teacher."""
+        obs, missions = self.obs, list(self.history.missions)
+        step = self.acting.act(obs, self.history, eps, phases, active)
+        with phases("env"):
+            self.obs, reward, done, infos = self.envs.step(step.action)
+        ended = self.acting.observe(self.history, step.action, done, infos)
+        return Transition(obs, missions, step, reward, done, infos, ended)
+
+    def first_episodes(self, eps: float, phases, before_step=None, bar=None) -> tuple[list[Transition], list[dict]]:
+        """Steps until every environment has ended one episode (an environment whose episode
+        ended no longer asks the teacher), calling `before_step()` before each step and advancing
+        the progress `bar` by each episode that ends. Returns the transitions and each
+        environment's first episode's statistics."""
+        results: list[dict | None] = [None] * self.envs.n_envs
+        transitions = []
+        while any(r is None for r in results):
+            active = np.array([r is None for r in results])
+            if before_step:
+                before_step()
+            transitions.append(self.step(eps, phases, active))
+            for e in np.flatnonzero(transitions[-1].done & active):
+                results[e] = transitions[-1].infos[e]["episode"]
+                if bar is not None:
+                    bar.update(1)
+        return transitions, results
+
+
+@dataclass
 class Rollout:
-    """One iteration's experience, (steps, n_envs) per field: what the student saw, the teacher's
-    messages and who acted (see `Step`), and what the environments returned."""
+    """Experience, (steps, n_envs) per field: what the student saw, the teacher's messages and who
+    acted (see `Step`), and what the environments returned."""
 
     image: np.ndarray
     direction: np.ndarray
@@ -139,42 +196,28 @@ class Rollout:
     done: np.ndarray
 
     @classmethod
-    def empty(cls, steps: int, n_envs: int, k: int) -> Rollout:
-        """A rollout to be filled step by step."""
-        def zeros(dtype, *shape):
-            return np.zeros((steps, n_envs, *shape), dtype)
-        return cls(image=zeros(np.uint8, 7, 7, 3), direction=zeros(np.int64), missions=[], prompts=[],
-                   queried=zeros(bool), instruction=zeros(np.int64), probs=zeros(np.float64, k),
-                   teacher_value=zeros(np.float32), shown=zeros(bool), executed=zeros(bool), action=zeros(np.int64),
-                   logprob=zeros(np.float32), value=zeros(np.float32), student_entropy=zeros(np.float32),
-                   reward=zeros(np.float32), done=zeros(bool))
-
-    def record(self, t: int, obs: dict, missions: list[str], step: Step):
-        """Stores step `t`: the observation acted on and what `step` says happened."""
-        self.image[t], self.direction[t] = obs["image"], obs["direction"]
-        self.missions.append(missions)
-        self.prompts.append(step.prompts)
-        for field in fields(Step):
-            if field.name != "prompts":
-                getattr(self, field.name)[t] = getattr(step, field.name)
+    def of(cls, transitions: list[Transition]) -> Rollout:
+        """The transitions, stacked step by step."""
+        def stacked(values, dtype):
+            return np.stack(values).astype(dtype)
+        steps = [t.step for t in transitions]
+        dtypes = {"queried": bool, "instruction": np.int64, "probs": np.float64, "teacher_value": np.float32,
+                  "shown": bool, "executed": bool, "action": np.int64, "logprob": np.float32, "value": np.float32,
+                  "student_entropy": np.float32}
+        return cls(image=stacked([t.obs["image"] for t in transitions], np.uint8),
+                   direction=stacked([t.obs["direction"] for t in transitions], np.int64),
+                   missions=[t.missions for t in transitions], prompts=[s.prompts for s in steps],
+                   **{name: stacked([getattr(s, name) for s in steps], dtype) for name, dtype in dtypes.items()},
+                   reward=stacked([t.reward for t in transitions], np.float32),
+                   done=stacked([t.done for t in transitions], bool))
 
 
-def collect(acting: Acting, envs, obs: dict, history: PromptHistory, steps: int, eps: float,
-            phases) -> tuple[Rollout, list[dict], dict]:
-    """Runs `steps` steps in every environment. Returns the rollout, the statistics of the
-    episodes that ended and the observation after the last step."""
-    rollout = Rollout.empty(steps, envs.n_envs, acting.k)
-    acting.since_query[:] = acting.teacher_every  # the teacher changed since the last rollout: every env asks anew
-    episodes = []
-    for t in range(steps):
-        missions = list(history.missions)
-        step = acting.act(obs, history, eps, phases)
-        rollout.record(t, obs, missions, step)
-        with phases("env"):
-            obs, reward, done, infos = envs.step(step.action)
-        rollout.reward[t], rollout.done[t] = reward, done
-        episodes += acting.observe(history, step.action, done, infos)
-    return rollout, episodes, obs
+def collect(runner: Runner, steps: int, eps: float, phases) -> tuple[Rollout, list[dict]]:
+    """Runs `steps` steps in every environment. Returns the rollout and the statistics of the
+    episodes that ended."""
+    runner.acting.since_query[:] = runner.acting.teacher_every  # the teacher changed since the last rollout: every env asks anew
+    transitions = [runner.step(eps, phases) for _ in range(steps)]
+    return Rollout.of(transitions), [episode for t in transitions for episode in t.ended]
 
 
 def behaviour_logprob(student_probs: np.ndarray, action: np.ndarray, instruction: np.ndarray,

@@ -1,19 +1,17 @@
 """The LLM teacher, client side: it answers prompts with messages (pi_T over the instructions and
-V_T), memoized while its weights stay fixed, turns a rollout into its training rows, and sends
+V_T), memoized while its weights stay fixed, and sends its training rows (bidir/critique.py),
 updates and checkpoints to the LLM server(s). The LLM side is bidir/teacher_llm.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bidir.critique import student_surer, teacher_targets
+from bidir.critique import TeacherRows
 from bidir.llm import make_caller, under_lamorel_launcher
 from bidir.methods import Method
-from bidir.ppo import gae
 from bidir.prompts import PromptBuilder, build_prompt, configured_prompt_builder
 from bidir.teacher_llm import TeacherInitializer, TeacherPPOSettings, TeacherPPOUpdater, teacher_module_functions
 
@@ -44,66 +42,6 @@ def start_teacher(config, method: Method, checkpoint: Path | None = None) -> Tea
     if checkpoint and (checkpoint / TEACHER_CHECKPOINT).exists():
         teacher.load(checkpoint / TEACHER_CHECKPOINT)
     return teacher
-
-
-@dataclass
-class TeacherRows:
-    """The teacher's training rows, one per query: the prompt, the instruction or action to score,
-    its log-probability when the query was made, V_T then, the advantage and value target, whether
-    PPO trains on it and its imitation weight."""
-
-    prompts: list[str]
-    action: np.ndarray
-    logprob: np.ndarray
-    value: np.ndarray
-    advantage: np.ndarray
-    returns: np.ndarray
-    ppo: np.ndarray
-    imitation: np.ndarray
-
-    def shuffled(self, rng: np.random.Generator) -> TeacherRows:
-        """The rows in a random order (the updater walks minibatches in order)."""
-        order = rng.permutation(len(self.prompts))
-        return TeacherRows([self.prompts[i] for i in order],
-                           *(getattr(self, name)[order] for name in ("action", "logprob", "value", "advantage",
-                                                                     "returns", "ppo", "imitation")))
-
-
-def teacher_rows(rollout, last_value: np.ndarray, student_advantage: np.ndarray | None, imitate: bool,
-                 normalize: bool, gamma: float, lam: float, where_surer: bool = False) -> TeacherRows:
-    """The teacher's rows of a rollout: one per query, rewarded with the env reward summed until
-    the next query; GAE over each env's queries with V_T gives its advantages and value targets.
-    PPO trains on the executed queries; with the critique (`student_advantage`, `imitate`) the
-    teacher also imitates the student's good choices (bidir/critique.py), with `where_surer` only
-    where the student's policy had lower entropy than the teacher's message."""
-    steps, n_envs = rollout.reward.shape
-    columns = {key: [] for key in ("instruction", "action", "executed", "probs", "student_entropy", "value",
-                                   "advantage", "returns", "student_advantage")}
-    prompts = []
-    for e in range(n_envs):
-        starts = np.flatnonzero(rollout.queried[:, e])
-        if len(starts) == 0:
-            continue
-        ends = np.append(starts[1:], steps)
-        rewards = np.array([rollout.reward[s:t, e].sum() for s, t in zip(starts, ends)], np.float32)
-        values = rollout.teacher_value[starts, e]
-        advantages, returns = gae(rewards[:, None], values[:, None], rollout.done[ends - 1, e][:, None],
-                                  last_value[e:e + 1], gamma, lam)
-        prompts += [rollout.prompts[s][e] for s in starts]
-        for key in ("instruction", "action", "executed", "probs", "student_entropy"):
-            columns[key].append(getattr(rollout, key)[starts, e])
-        columns["value"].append(values)
-        columns["advantage"].append(advantages[:, 0])
-        columns["returns"].append(returns[:, 0])
-        if student_advantage is not None:
-            columns["student_advantage"].append(student_advantage[starts, e])
-    data = {key: np.concatenate(value) for key, value in columns.items() if value}  # no student: no advantages
-    surer = student_surer(data["student_entropy"], data["probs"]) if where_surer else None
-    targets = teacher_targets(data["instruction"], data["action"], data["executed"], data["advantage"],
-                              data.get("student_advantage"), imitate, normalize, surer)
-    logprob = np.log(data["probs"][np.arange(len(targets.action)), targets.action])
-    return TeacherRows(prompts, targets.action, logprob, data["value"], targets.advantage, data["returns"],
-                       targets.ppo, targets.imitation)
 
 
 class Teacher:
@@ -141,8 +79,9 @@ class Teacher:
         self.memo.clear()
 
     def update(self, rows: TeacherRows) -> dict[str, float]:
-        """Sends one update to the LLM server(s): PPO on the rows where `ppo` is true, imitation
-        of `action` weighted by `imitation`, value regression on every row. Returns the mean
+        """Sends one update to the LLM server(s): PPO on the rows where `ppo` is true, each times
+        its importance weight, imitation of `action` weighted by `imitation`, value regression on
+        every row. Returns the mean
         losses across servers."""
         results = self.caller.update(
             rows.prompts, [self.instructions] * len(rows.prompts), actions=torch.as_tensor(rows.action),
@@ -150,6 +89,7 @@ class Teacher:
             values=torch.as_tensor(rows.value, dtype=torch.float32),
             advantages=torch.as_tensor(rows.advantage, dtype=torch.float32),
             returns=torch.as_tensor(rows.returns, dtype=torch.float32), ppo=torch.as_tensor(rows.ppo, dtype=torch.bool),
+            weights=torch.as_tensor(rows.weight, dtype=torch.float32),
             imitation=torch.as_tensor(rows.imitation, dtype=torch.float32))
         self.forget()
         results = [r for r in results if r]  # one per server; a server with no rows returns {}

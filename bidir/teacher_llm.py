@@ -129,11 +129,12 @@ class TeacherPPOUpdater(BaseUpdater):
     """Trains the teacher and keeps its checkpoint.
 
     `caller.update(prompts, candidates, **rows)` runs GLAM's PPO loss on the LLM (clipped policy
-    over the candidate distribution on the `ppo` rows, clipped value on every row, entropy bonus on
-    the rows that train the policy) plus the critique's imitation term, -w * log pi_T(a), on rows
-    with an imitation weight w > 0; gradient accumulation; grad-norm clipping. rows: actions,
-    logprobs, values, advantages, returns, ppo (bool), imitation (weights), tensors over all
-    contexts; all contexts share one candidate list (the instructions). On N servers each updates
+    over the candidate distribution on the `ppo` rows, each times its importance weight, clipped
+    value on every row, entropy bonus on the rows that train the policy) plus the critique's
+    imitation term, -w * log pi_T(a), on rows with an imitation weight w > 0; gradient
+    accumulation; grad-norm clipping. rows: actions, logprobs, values, advantages, returns, ppo
+    (bool), weights (PPO's importance weights), imitation (weights), tensors over all contexts;
+    all contexts share one candidate list (the instructions). On N servers each updates
     its share `_current_batch_ids` and DDP averages gradients.
     `caller.update([""], save=path)` / `load=path` write / read the trainable weights (all of the
     LLM and the value head, or a LoRA adapter and the head) with the optimizer's state."""
@@ -165,7 +166,7 @@ class TeacherPPOUpdater(BaseUpdater):
         s = self.settings
         mine = torch.as_tensor(batch_ids["contexts"])
         data = {k: torch.as_tensor(rows[k])[mine]
-                for k in ("actions", "logprobs", "values", "advantages", "returns", "ppo", "imitation")}
+                for k in ("actions", "logprobs", "values", "advantages", "returns", "ppo", "weights", "imitation")}
         # every server splits its share into as many minibatches as the whole batch makes
         minibatches = max(1, math.ceil(len(rows["actions"]) / s.minibatch_size))
         sums, steps = dict.fromkeys(LOSS_NAMES, 0.0), 0
@@ -206,7 +207,8 @@ class TeacherPPOUpdater(BaseUpdater):
         # the entropy bonus regularises the policy where it is trained: on other rows it alone
         # would pull a teacher that no longer acts back towards uniform
         trained = (d["ppo"] | (d["imitation"] > 0)).float()
-        return (policy_loss(logprobs, d["logprobs"], d["advantages"], self.settings.clip_eps, mask=ppo),
+        return (policy_loss(logprobs, d["logprobs"], d["advantages"], self.settings.clip_eps, mask=ppo,
+                            weights=d["weights"]),
                 value_loss(values, d["values"], d["returns"], self.settings.clip_eps),
                 masked_mean(dist.entropy(), trained),
                 -(d["imitation"] * logprobs).mean(),

@@ -1,10 +1,10 @@
 """A trace of one episode, for a run or one of its checkpoints: `bidir-trace RUN [--mode M] [--seed N]`.
 
 For each step: the prompt the teacher read, its distribution over the instructions, whether the
-student saw the message, who acted and what, the reward, and the critique where there is one
-(bidir, on the teacher's queries where the student chose, with `critique_where_surer` only where
-it was surer than the teacher: the student's advantage A_S of its action, which the teacher
-imitates when positive). Written as text and as an animated picture:
+student saw the message, who acted and what, the reward, the critique where there is one (bidir:
+the student's advantage A_S of the action taken), and where the teacher learns, the row it trains
+on (bidir/critique.py's `teacher_rows`: PPO with its advantage and importance weight, imitation
+with its weight). Written as text and as an animated picture:
 minigrid's view of the room before each step, with what was said and done written under it.
 The episode is the first one of held-out evaluation seed N, as `bidir-eval --seed N` plays it.
 """
@@ -20,14 +20,14 @@ import torch
 from PIL import Image, ImageDraw
 
 from bidir.checks import non_negative_int, quiet_libraries
-from bidir.critique import entropy, student_surer
+from bidir.critique import CritiqueSettings, entropy, pair_logprob, teacher_rows
 from bidir.envs import TextVecEnv
 from bidir.evaluate import EVAL_SEED_BASE, MODES, load_run, modes_for, restore
 from bidir.methods import get_method
 from bidir.metrics import Phases
 from bidir.ppo import gae
 from bidir.prompts import PromptHistory, build_prompt
-from bidir.rollout import Acting
+from bidir.rollout import Acting, Rollout, Runner
 
 TRACE_MODES = ("training", *MODES)
 """`training`: as the run acts at the checkpoint (the teacher's share of acting at its iteration,
@@ -47,7 +47,9 @@ class TracedStep:
     reward: float
     student_value: float | None  # V_S before the step (None without a student)
     student_entropy: float | None  # entropy of pi_S at the step (nats): below the teacher's, the student is surer
-    critique: float | None    # A_S of the student's action where it trains the teacher
+    critique: float | None = None  # A_S of the action taken: the student's critique (bidir)
+    ppo: tuple[float, float] | None = None  # (advantage, importance weight) where the teacher's PPO trains on the step
+    imitation: float | None = None  # the weight with which the teacher imitates the action taken, where it does
 
     @property
     def teacher_entropy(self) -> float | None:
@@ -57,7 +59,10 @@ class TracedStep:
 
 def trace_episode(config, student, teacher, mode: str, seed: int, iteration: int):
     """Plays the first held-out episode of evaluation seed `seed` in `mode`; returns its mission,
-    its steps, the RGB frame before each step and the episode's return, length and success."""
+    its steps, the RGB frame before each step and the episode's return, length and success. Where
+    the run's teacher learns, each step carries the row the teacher would train on, made by the
+    training's own `teacher_rows` from this episode (normalised over the episode's rows, where
+    training normalises over an iteration's)."""
     args = config.rl_script_args
     method = get_method(args.method)
     if mode == "training":
@@ -72,35 +77,45 @@ def trace_episode(config, student, teacher, mode: str, seed: int, iteration: int
     envs = TextVecEnv(args.env_id, 1, EVAL_SEED_BASE + seed, instructions)
     acting = Acting(teacher, student, 1, instructions, args.teacher_every, dropout, np.random.default_rng(seed),
                     torch.Generator().manual_seed(seed), args.device)
-    history = PromptHistory(1, args.prompt_history, teacher.build_prompt if teacher else build_prompt)
-    obs, infos = envs.reset()
-    history.start(0, infos[0])
-    mission = history.missions[0]
-    steps, frames, critiqued, phases = [], [], [], Phases()
-    while True:
-        frames.append(envs.envs[0].unwrapped.get_frame(tile_size=32))
-        step = acting.act(obs, history, eps, phases)
-        obs, reward, done, infos = envs.step(step.action)
-        acting.observe(history, step.action, done, infos)
-        executed = bool(step.executed[0]) or student is None
-        steps.append(TracedStep(step.prompts[0], step.probs[0].tolist() if teacher else None,
-                                instructions[step.instruction[0]] if teacher else None, bool(step.shown[0]),
-                                "teacher" if executed else "student", instructions[step.action[0]],
-                                float(reward[0]), float(step.value[0]) if student else None,
-                                float(step.student_entropy[0]) if student else None, None))
-        imitable = not args.critique_where_surer or bool(student_surer(step.student_entropy[:1], step.probs[:1])[0])
-        critiqued.append(bool(step.queried[0]) and not executed and imitable)
-        if done[0]:
-            break
-    if method.critique and args.critique_imitation > 0 and student is not None and teacher is not None:
-        rewards = np.array([[s.reward] for s in steps], np.float32)
-        student_values = np.array([[s.student_value] for s in steps], np.float32)
-        dones = np.zeros_like(rewards, bool)
-        dones[-1] = True
-        advantages, _ = gae(rewards, student_values, dones, np.zeros(1, np.float32), args.gamma, args.lam)
-        for s, a, q in zip(steps, advantages[:, 0], critiqued):
-            s.critique = float(a) if q else None
-    return mission, steps, frames, infos[0]["episode"]
+    runner = Runner(acting, envs, PromptHistory(1, args.prompt_history,
+                                                teacher.build_prompt if teacher else build_prompt))
+    runner.reset()
+    mission, frames = runner.history.missions[0], []
+    transitions, (episode,) = runner.first_episodes(
+        eps, Phases(), before_step=lambda: frames.append(envs.envs[0].unwrapped.get_frame(tile_size=32)))
+    steps = []
+    for t in transitions:
+        s = t.step
+        steps.append(TracedStep(s.prompts[0], s.probs[0].tolist() if teacher else None,
+                                instructions[s.instruction[0]] if teacher else None, bool(s.shown[0]),
+                                "teacher" if s.executed[0] or student is None else "student",
+                                instructions[s.action[0]], float(t.reward[0]),
+                                float(s.value[0]) if student else None,
+                                float(s.student_entropy[0]) if student else None))
+    if method.teacher_learns and teacher is not None:
+        add_teacher_rows(steps, Rollout.of(transitions), config, student, eps)
+    return mission, steps, frames, episode
+
+
+def add_teacher_rows(steps: list[TracedStep], rollout: Rollout, config, student, eps: float):
+    """Fills each step's critique and teacher row from `teacher_rows` over the episode's rollout
+    (the episode ended: nothing is bootstrapped)."""
+    args = config.rl_script_args
+    critique = get_method(args.method).critique and student is not None
+    settings = CritiqueSettings.from_args(args, critique)
+    student_advantage = None
+    if critique:
+        student_advantage, _ = gae(rollout.reward, rollout.value, rollout.done, np.zeros(1, np.float32), args.gamma,
+                                   args.lam)
+        for s, a in zip(steps, student_advantage[:, 0]):
+            s.critique = float(a)
+    pair = pair_logprob(student, rollout, eps, args.device) if critique and settings.needs_pair_logprob else None
+    rows = teacher_rows(rollout, np.zeros(1, np.float32), student_advantage, pair, settings)
+    for i, t in enumerate(rows.step):
+        if rows.ppo[i]:
+            steps[t].ppo = (float(rows.advantage[i]), float(rows.weight[i]))
+        if rows.imitation[i] > 0:
+            steps[t].imitation = float(rows.imitation[i])
 
 
 def trace_text(steps: list[TracedStep], header: list[str], instructions: list[str]) -> str:
@@ -119,8 +134,11 @@ def trace_text(steps: list[TracedStep], header: list[str], instructions: list[st
         lines.append(f"  acted:    {s.actor}: {s.action}{value}")
         lines.append(f"  reward:   {s.reward:.3f}")
         if s.critique is not None:
-            verdict = f"the teacher imitates {s.action!r}" if s.critique > 0 else "nothing imitated"
-            lines.append(f"  critique: A_S = {s.critique:+.3f}: {verdict}")
+            lines.append(f"  critique: A_S = {s.critique:+.3f}")
+        trained = ([f"PPO on {s.action!r} (advantage {s.ppo[0]:+.3f}, weight {s.ppo[1]:.3f})"] if s.ppo else []) + \
+                  ([f"imitates {s.action!r} (weight {s.imitation:.3f})"] if s.imitation is not None else [])
+        if trained:
+            lines.append("  teacher row: " + "; ".join(trained))
     return "\n".join(lines) + "\n"
 
 

@@ -4,8 +4,8 @@ One loop for every method (bidir/methods.py says which parts a method uses). Per
   collect   the teacher writes messages; the teacher, the student or an annealed mixture acts
             (bidir/rollout.py);
   update    the student: PPO + distillation towards the teacher (bidir/student.py); the critique:
-            the student's advantages (bidir/critique.py); the teacher: PPO on the queries whose
-            instruction was executed + imitation of the student's good choices (bidir/teacher.py);
+            the student's advantages, made into the teacher's rows (bidir/critique.py); the
+            teacher: PPO on those rows + imitation of the student's good choices (bidir/teacher.py);
   log       metrics.csv, W&B, progress (bidir/metrics.py); then an atomic checkpoint
             (bidir/checkpoint.py).
 
@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from bidir import checkpoint
 from bidir.checks import UsageError, check_config, check_override_keys, quiet_libraries, usage
-from bidir.critique import entropy
+from bidir.critique import CritiqueSettings, entropy, pair_logprob, teacher_rows
 from bidir.envs import TextVecEnv
 from bidir.evaluate import agents_row
 from bidir.methods import Method, get_method
@@ -37,9 +37,9 @@ from bidir.metrics import MetricsLog, Phases
 from bidir.ppo import anneal, gae
 from bidir.prompts import PromptHistory, build_prompt
 from bidir.report import evaluate_teacher_at_start, finish_run
-from bidir.rollout import Acting, Rollout, collect, summarize_episodes
+from bidir.rollout import Acting, Rollout, Runner, collect, summarize_episodes
 from bidir.student import Student, StudentPPOSettings, training_batch, update_student
-from bidir.teacher import start_teacher, teacher_rows
+from bidir.teacher import start_teacher
 
 log = logging.getLogger("bidir")
 
@@ -72,13 +72,12 @@ class Trainer:
                                      teacher.build_prompt if teacher else build_prompt)
         self.acting = Acting(teacher, self.student, args.n_envs, list(args.instructions), args.teacher_every,
                              args.message_dropout, self.rng, self.torch_rng, args.device)
+        self.runner = Runner(self.acting, self.envs, self.history)
         self.iteration, self.frames, self.wall_time, self.wandb_id = 0, 0, 0.0, None
         if state:
             self.restore(state)
         else:
-            self.obs, infos = self.envs.reset()
-            for env, info in enumerate(infos):
-                self.history.start(env, info)
+            self.runner.reset()
 
     def teacher_share(self) -> float:
         """eps_k at this iteration (Method.teacher_share)."""
@@ -87,21 +86,26 @@ class Trainer:
 
     def collect(self, phases: Phases) -> tuple[Rollout, list[dict]]:
         """One iteration's rollout and the episodes that ended in it."""
-        rollout, episodes, self.obs = collect(self.acting, self.envs, self.obs, self.history, self.steps,
-                                              self.teacher_share(), phases)
+        rollout, episodes = collect(self.runner, self.steps, self.teacher_share(), phases)
         self.frames += self.steps * self.args.n_envs
         return rollout, episodes
 
     def update(self, rollout: Rollout, phases: Phases) -> dict:
         """The student's update, its critique of the teacher, the teacher's update. Returns metrics."""
         args, metrics = self.args, {}
-        student_last, teacher_last = self.acting.values_after(self.obs, self.history)
-        critique = None  # the student's advantages: how much better each action did than it expected
+        student_last, teacher_last = self.acting.values_after(self.runner.obs, self.history)
+        critique = CritiqueSettings.from_args(args, self.method.critique)
+        pair_logprobs = None  # mu_T of the actions the pair took, for the teacher's PPO on the student's steps
+        if self.method.teacher_learns and self.student and critique.needs_pair_logprob:
+            with phases("critique"):
+                pair_logprobs = pair_logprob(self.student, rollout, self.teacher_share(), args.device)
+        student_advantage = None  # how much better each action did than the student expected: its critique
         if self.student:
-            critique, returns = gae(rollout.reward, rollout.value, rollout.done, student_last, args.gamma, args.lam)
+            student_advantage, returns = gae(rollout.reward, rollout.value, rollout.done, student_last, args.gamma,
+                                             args.lam)
             with phases("student_update"):
                 distill = anneal(self.iteration, args.distill_coef, args.distill_iterations)
-                batch = training_batch(rollout, critique, returns, args.device)
+                batch = training_batch(rollout, student_advantage, returns, args.device)
                 metrics.update(update_student(self.student, self.optimizer, batch, StudentPPOSettings.from_args(args),
                                               distill, self.teacher is not None, self.torch_rng))
                 metrics["distill_weight"] = distill
@@ -115,10 +119,13 @@ class Trainer:
                            teacher_policy_entropy=float(entropy(p).mean()))
         if self.method.teacher_learns:
             with phases("teacher_update"):
-                rows = teacher_rows(rollout, teacher_last, critique if self.method.critique else None,
-                                    args.critique_imitation > 0, args.teacher_normalize_advantages, args.gamma,
-                                    args.lam, args.critique_where_surer)
+                rows = teacher_rows(rollout, teacher_last, student_advantage if self.method.critique else None,
+                                    pair_logprobs, critique)
                 metrics.update(teacher_ppo_rows=int(rows.ppo.sum()), teacher_imitation_rows=int((rows.imitation > 0).sum()))
+                if pair_logprobs is not None:  # how much of the student's steps the teacher's PPO kept
+                    chosen = ~rollout.executed[rows.step, rows.env]
+                    metrics.update(teacher_ppo_weight=float(rows.weight.mean()),
+                                   teacher_ppo_weight_student=float(rows.weight[chosen].sum() / max(1, chosen.sum())))
                 metrics.update(self.teacher.update(rows.shuffled(self.rng)))
         diverged = [f"{name} is {value}" for name, value in metrics.items() if not math.isfinite(value)]
         if diverged:
@@ -136,7 +143,7 @@ class Trainer:
             "torch_rng": self.torch_rng.get_state(), "global_torch_rng": torch.get_rng_state(),
             "numpy_rng": self.rng.bit_generator.state,
             "envs": torch.frombuffer(bytearray(self.envs.get_state()), dtype=torch.uint8),
-            "obs": {key: torch.as_tensor(value) for key, value in self.obs.items()},
+            "obs": {key: torch.as_tensor(value) for key, value in self.runner.obs.items()},
             "history": self.history.state(),
         }
 
@@ -153,7 +160,7 @@ class Trainer:
         torch.set_rng_state(state["global_torch_rng"])
         self.rng.bit_generator.state = state["numpy_rng"]
         self.envs.set_state(state["envs"].numpy().tobytes())
-        self.obs = {key: value.numpy() for key, value in state["obs"].items()}
+        self.runner.obs = {key: value.numpy() for key, value in state["obs"].items()}
         self.history.load(state["history"])
 
 

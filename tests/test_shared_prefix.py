@@ -12,10 +12,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from bidir.critique import TeacherRows
 from bidir.llm import LocalCaller, SharedPrefixOutputs
 from bidir.models import build_model
 from bidir.prompts import build_prompt
-from bidir.teacher import Teacher, TeacherRows
+from bidir.teacher import Teacher
 from bidir.teacher_llm import TeacherInitializer, TeacherPPOSettings, TeacherPPOUpdater, teacher_module_functions
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -105,7 +106,8 @@ def test_same_ppo_update(model_path, case):
         n = len(PROMPTS)
         actions = np.array([2, 0, 3, 2])
         teacher.update(TeacherRows(PROMPTS, actions, np.log(probs[np.arange(n), actions]), values,
-                                   np.array([1.0, -0.5, 0.3, 1.0]), values + 1.0, np.ones(n, bool), np.full(n, 0.5)))
+                                   np.array([1.0, -0.5, 0.3, 1.0]), values + 1.0, np.ones(n, bool), np.full(n, 0.5),
+                                   np.ones(n), np.zeros(n, int), np.arange(n)))
         module = caller._models["main_llm"]
         weights.append({name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad})
     for name, value in weights[1].items():

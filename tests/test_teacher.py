@@ -4,10 +4,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from bidir.critique import TeacherRows
 from bidir.llm import LocalCaller
 from bidir.models import resolve_model_path
 from bidir.prompts import build_prompt
-from bidir.teacher import Teacher, TeacherRows
+from bidir.teacher import Teacher
 from bidir.teacher_llm import TeacherInitializer, TeacherPPOSettings, TeacherPPOUpdater, teacher_module_functions
 
 SETTINGS = dict(lr=1e-2, epochs=2, minibatch_size=2, gradient_batch_size=1, clip_eps=0.2, entropy_coef=0.0,
@@ -57,7 +58,8 @@ def ppo_update(teacher, advantage, tmp_path, ppo=(True, True), imitation=(0.0, 0
     probs, values = teacher.advise(PROMPTS)
     actions = np.array([2, 2])
     losses = teacher.update(TeacherRows(PROMPTS, actions, np.log(probs[[0, 1], actions]), values,
-                                        np.full(2, advantage), values + advantage, np.array(ppo), np.array(imitation)))
+                                        np.full(2, advantage), values + advantage, np.array(ppo), np.array(imitation),
+                                        np.array(ppo, float), np.zeros(2, int), np.arange(2)))
     teacher.save(tmp_path / "teacher.pt")
     return probs, losses
 

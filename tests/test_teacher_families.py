@@ -15,10 +15,11 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+from bidir.critique import TeacherRows
 from bidir.evaluate import load_run, restore
 from bidir.llm import LocalCaller
 from bidir.prompts import build_prompt
-from bidir.teacher import Teacher, TeacherRows
+from bidir.teacher import Teacher
 from bidir.teacher_cli import main as teacher_cli
 from bidir.teacher_llm import (TeacherInitializer, TeacherPPOSettings, TeacherPPOUpdater, hidden_size,
                                teacher_module_functions)
@@ -75,7 +76,8 @@ def ppo_step(teacher, tmp_path):
     saved = tmp_path / "teacher.pt"
     n = len(PROMPTS)
     teacher.update(TeacherRows(PROMPTS, actions, np.log(probs[np.arange(n), actions]), values, np.ones(n),
-                               values + 1.0, np.ones(n, bool), np.zeros(n)))
+                               values + 1.0, np.ones(n, bool), np.zeros(n), np.ones(n), np.zeros(n, int),
+                               np.arange(n)))
     teacher.save(saved)
     return saved
 

@@ -42,7 +42,7 @@ def test_teacher_alone_executes_every_instruction_it_draws(runs):
     assert all(s.critique is None for s in steps)
 
 
-def test_critique_is_the_students_advantage_on_its_own_choices(runs):
+def test_critique_is_the_students_advantage_and_the_rows_are_the_teachers(runs):
     config, (_, steps, _, _) = traced(runs / "bidir", "student_with_teacher", seed=1)
     args = config.rl_script_args
     # every step is a query (teacher_every 1) where the student chose: GAE by hand, the episode ends
@@ -52,14 +52,32 @@ def test_critique_is_the_students_advantage_on_its_own_choices(runs):
         next_advantage = delta + args.gamma * args.lam * next_advantage
         next_value = s.student_value
         expected.append(next_advantage)
+    expected = np.array(expected[::-1])
     assert all(s.actor == "student" and s.shown for s in steps)
-    np.testing.assert_allclose([s.critique for s in steps], expected[::-1], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose([s.critique for s in steps], expected, rtol=1e-4, atol=1e-6)
+    # the default critique: no PPO row where the student chose; imitation where A_S > 0, weighted
+    # by A_S over its spread in the episode
+    assert all(s.ppo is None for s in steps)
+    imitated = [s.imitation if s.imitation is not None else 0.0 for s in steps]
+    np.testing.assert_allclose(imitated, np.maximum(expected, 0) / expected.std(), rtol=1e-3, atol=1e-5)
     text = trace_text(steps, ["header"], list(args.instructions))
     assert text.count("\nstep ") == len(steps)
-    assert text.count("the teacher imitates") == sum(s.critique > 0 for s in steps)
+    assert text.count("teacher row: imitates") == sum(s.critique > 0 for s in steps)
 
 
-def test_with_the_gate_the_critique_is_only_where_the_student_was_surer(runs):
+def test_every_row_variant_shows_ppo_on_the_students_steps_with_their_weights(runs):
+    config, saved = load_run(runs / "bidir")
+    config.rl_script_args.teacher_ppo_rows = "all"
+    student, teacher = restore(config, saved)
+    _, steps, _, _ = trace_episode(config, student, teacher, "student_with_teacher", 1, iteration=2)
+    assert all(s.ppo is not None and 0.0 < s.ppo[1] <= 1.0 for s in steps)
+    # the student acts alone (eps 0): mu_T(a) = sum_i pi_T(i) pi_S(a | i), so the weight is min(1, pi_T(a) / mu_T(a))
+    assert any(s.ppo[1] < 1.0 for s in steps)
+    text = trace_text(steps, ["header"], list(config.rl_script_args.instructions))
+    assert text.count("teacher row: PPO on") == len(steps)
+
+
+def test_with_the_gate_the_teacher_imitates_only_where_the_student_was_surer(runs):
     config, saved = load_run(runs / "bidir")
     student, teacher = restore(config, saved)
     surer = steps = 0
@@ -70,12 +88,11 @@ def test_with_the_gate_the_critique_is_only_where_the_student_was_surer(runs):
         _, gated, _, _ = trace_episode(config, student, teacher, "student_with_teacher", seed, iteration=2)
         assert [s.action for s in gated] == [s.action for s in everywhere]  # the gate changes learning, not acting
         for s, t in zip(gated, everywhere):
-            assert t.critique is not None  # every step is a query where the student chose
-            assert s.critique == (t.critique if s.student_entropy < s.teacher_entropy else None)
-        text = trace_text(gated, ["header"], list(config.rl_script_args.instructions))
-        assert text.count("critique: A_S") == sum(s.student_entropy < s.teacher_entropy for s in gated)
-        surer, steps = surer + sum(s.critique is not None for s in gated), steps + len(gated)
-    assert 0 < surer < steps  # these episodes hold steps on both sides of the gate
+            assert s.critique == t.critique
+            assert s.imitation == (t.imitation if s.student_entropy < s.teacher_entropy else None)
+        surer += sum(s.student_entropy < s.teacher_entropy and s.critique > 0 for s in gated)
+        steps += sum(s.critique > 0 for s in gated)
+    assert 0 < surer < steps  # these episodes hold imitated steps on both sides of the gate
 
 
 def test_training_mode_acts_as_the_run_at_its_checkpoint(runs):

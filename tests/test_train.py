@@ -168,7 +168,8 @@ def test_who_acts_and_the_behaviour_probability_the_student_learns_from(tmp_path
     from bidir.methods import get_method
     from bidir.metrics import Phases
     from bidir.models import resolve_model_path
-    from bidir.teacher import start_teacher, teacher_rows
+    from bidir.critique import CritiqueSettings, teacher_rows
+    from bidir.teacher import start_teacher
     from bidir.train import Trainer
     config = small_config(tmp_path, "bidir", *overrides)
     config.lamorel_args.llm_configs.main_llm.model_path = resolve_model_path("tiny-t5")
@@ -181,8 +182,9 @@ def test_who_acts_and_the_behaviour_probability_the_student_learns_from(tmp_path
         assert (rollout.logprob == 0.0).all()
     else:
         assert (rollout.logprob < 0.0).all()
-    rows = teacher_rows(rollout, np.zeros(2, np.float32), np.ones(rollout.done.shape, np.float32), imitate=True,
-                        normalize=True, gamma=0.99, lam=0.95)
+    rows = teacher_rows(rollout, np.zeros(2, np.float32), np.ones(rollout.done.shape, np.float32), None,
+                        CritiqueSettings("executed", "teacher", imitate=True, where_surer=False, normalize=True,
+                                         gamma=0.99, lam=0.95))
     # PPO only where the teacher's instruction was executed; imitation only where the student chose
     assert rows.ppo.all() == bool(teacher_share) and not (rows.imitation[rows.ppo] > 0).any()
     assert (rows.imitation > 0).all() != bool(teacher_share)

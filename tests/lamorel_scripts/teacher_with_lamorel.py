@@ -8,8 +8,9 @@ full-sequence path and compares.
 import hydra
 import numpy as np
 
+from bidir.critique import TeacherRows
 from bidir.prompts import build_prompt
-from bidir.teacher import Teacher, TeacherRows, start_llm
+from bidir.teacher import Teacher, start_llm
 from bidir.teacher_llm import TeacherPPOSettings, TeacherPPOUpdater
 from script_output import write_result  # this folder: the script's directory
 
@@ -29,7 +30,7 @@ def run_teacher(caller) -> dict:
     n, actions = len(PROMPTS), np.array([2, 0, 3, 2])
     losses = teacher.update(TeacherRows(PROMPTS, actions, np.log(probs[np.arange(n), actions]), values,
                                         np.array([1.0, -0.5, 0.3, 1.0]), values + 1.0, np.ones(n, bool),
-                                        np.full(n, 0.5)))
+                                        np.full(n, 0.5), np.ones(n), np.zeros(n, int), np.arange(n)))
     after, values_after = teacher.advise(PROMPTS)
     return {"probs": probs.tolist(), "values": values.tolist(), "losses": losses, "probs_after": after.tolist(),
             "values_after": values_after.tolist()}
