@@ -332,8 +332,8 @@ def usage() -> str:
             f"Trains rl_script_args.method on rl_script_args.env_id; hydra overrides set any key below.\n"
             f"Example: python -m bidir.train rl_script_args.method=glam rl_script_args.seed=2\n\n"
             f"methods (rl_script_args.method):\n{methods}\n\n"
-            f"settings: setting=offline (default: the offline teacher tiny-t5-bc, CPU) or setting=paper "
-            f"(flan-t5-small, GLAM's values)\n\n"
+            f"settings: setting=offline (default: the offline teacher tiny-t5-bc, CPU), setting=paper "
+            f"(flan-t5-small, GLAM's values) or setting=smollm2 (SmolLM2-135M-Instruct, LoRA on its top 2 layers)\n\n"
             f"keys, with their defaults and documentation (bidir/conf/config.yaml):\n\n{DEFAULTS.read_text()}")
 
 

@@ -1,8 +1,11 @@
 """Compare methods across runs: `bidir-compare <run dirs or globs> [--out DIR]`
 (or `bidir-compare --wandb ENTITY/PROJECT --group EXPERIMENT` when online).
 
-Runs are grouped by method (from each run's config.yaml), or by variant where a run lies in
-experiments/plan.py's layout `<experiment>/<variant>/seed<N>` (an ablation or a sweep point).
+Runs are grouped by their configuration (bidir/run_groups.py): method, model, level and every
+other key that changes what a run computes, not by folder. A group is named by its method, or by
+its variant where a run lies in experiments/plan.py's layout `<experiment>/<variant>/seed<N>`;
+runs of one name whose configurations differ are compared apart, each label saying what sets it
+apart, and a seed twice in one group is refused.
 Per method, over seeds: mean ± 95% CI (Student's t) of the final mean return and success rate
 (the mean of each run's last `--last` iterations), of the held-out evaluation (eval.json), and
 the frames each run needed to reach its level's return threshold (`rl_script_args.return_threshold`,
@@ -161,6 +164,16 @@ def budget_warnings(runs: dict[str, list[dict]], window: int) -> list[str]:
             warnings.append(f"{method}: a run of {ns[0]} iterations is no longer than the smoothing window "
                             f"({window}); {method}'s curve is drawn unsmoothed (lower --smooth)")
     return warnings
+
+
+def split_notes(runs: dict[str, list[dict]]) -> list[str]:
+    """One line per name whose runs differ in configuration and so are compared apart (a reader who
+    globbed "runs/*" expecting one row per method learns why there are more)."""
+    labels = {}
+    for label, group in runs.items():
+        labels.setdefault(label.split(" [")[0], []).append(label)
+    return [f"runs named {name} differ in configuration and are compared apart: {'; '.join(apart)}"
+            for name, apart in labels.items() if len(apart) > 1]
 
 
 def default_title(runs: dict[str, list[dict]]) -> str:
@@ -323,7 +336,7 @@ def main(argv=None):
         return_threshold(runs)
     except ValueError as error:
         parser.exit(2, f"bidir-compare: error: {error}\n")
-    for warning in budget_warnings(runs, options.smooth):
+    for warning in budget_warnings(runs, options.smooth) + split_notes(runs):
         print(f"bidir-compare: warning: {warning}", file=sys.stderr)
     options.out.mkdir(parents=True, exist_ok=True)
     table = summarize(runs, options.last, options.smooth)

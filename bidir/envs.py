@@ -208,12 +208,15 @@ class LevelMix(gymnasium.Env):
 
 
 def make_level(env_id: str) -> gymnasium.Env:
-    """One registered minigrid level; ValueError naming the closest ids for an unknown one."""
-    if env_id not in gymnasium.registry:
-        known = [i for i in gymnasium.registry if i.startswith(("BabyAI-", "MiniGrid-"))]
-        close = difflib.get_close_matches(env_id, known, n=5, cutoff=0.5)
+    """One registered BabyAI level; ValueError naming the closest ids for an unknown one. Other
+    minigrid levels (MiniGrid-*) are refused: their missions are outside the offline teacher's
+    vocabulary and the studies' reward scale, and a run there trained to 0.0 without a word."""
+    if env_id not in gymnasium.registry or not env_id.startswith("BabyAI-"):
+        close = difflib.get_close_matches(env_id, babyai_env_ids(), n=5, cutoff=0.5)
         hint = f"closest: {', '.join(close)}" if close else "see bidir.envs.babyai_env_ids()"
-        raise ValueError(f"Unknown env_id {env_id!r}; {hint}")
+        if env_id not in gymnasium.registry:
+            raise ValueError(f"Unknown env_id {env_id!r}; {hint}")
+        raise ValueError(f"env_id {env_id!r} is not a BabyAI level, and bidir runs BabyAI levels only; {hint}")
     env = gymnasium.make(env_id)
     if not isinstance(env.unwrapped, MiniGridEnv):
         env.close()

@@ -154,12 +154,11 @@ def restore(config, saved: Path):
 
 def main(argv=None):
     """CLI: evaluate a run directory (its newest checkpoint) or a checkpoint directory."""
-    parser = argparse.ArgumentParser(prog="bidir-eval", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="bidir-eval", description=__doc__.splitlines()[0])
     parser.add_argument("path", type=Path, help="run directory or checkpoint directory")
-    parser.add_argument("--episodes", type=positive_int, default=100, help="held-out episodes per mode")
+    parser.add_argument("--episodes", type=positive_int, default=100, help="held-out episodes per mode (default: %(default)s)")
     parser.add_argument("--seed", type=non_negative_int, default=0,
-                        help="evaluation seed (env seeds are disjoint from training)")
+                        help="evaluation seed (env seeds are disjoint from training; default: %(default)s)")
     parser.add_argument("--json", type=Path, help="where to write the results (default: "
                         "<run>/eval_<checkpoint>_seed<seed>.json; the run's own eval.json only when named here)")
     options = parser.parse_args(argv)

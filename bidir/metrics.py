@@ -60,7 +60,8 @@ class MetricsLog:
                 project=config.wandb.project, entity=config.wandb.entity, group=config.wandb.group,
                 name=Path(args.output_dir).name, tags=[args.method, f"seed{args.seed}"], mode=config.wandb.mode,
                 id=self.wandb_id, resume="allow", dir=str(args.output_dir),
-                config=OmegaConf.to_container(config, resolve=True), settings=wandb.Settings(silent=True))
+                config=OmegaConf.to_container(config, resolve=True),
+                settings=wandb.Settings(silent=True, console="off"))  # no progress bars in its log
 
     def write(self, row: dict):
         """Appends one iteration's row and sends it to W&B under the same keys. A key the file has
@@ -79,10 +80,15 @@ class MetricsLog:
         if self.wandb:
             self.wandb.log({k: v for k, v in row.items() if v == v}, step=row["frames"])
 
-    def summarize(self, results: dict):
-        """Puts the held-out evaluation in the W&B run's summary, under `eval` (mode -> figures)."""
+    def summarize(self, headline: dict):
+        """The W&B run's summary holds the run's headline figures (`report.finish_run`'s: the final
+        return, the frames to the threshold, the final held-out evaluation under `eval`, the teacher
+        before training included), and not the last of the periodic 10-episode evaluations, which W&B
+        would otherwise keep beside the final one under a name that reads as the same figure."""
         if self.wandb:
-            self.wandb.summary["eval"] = results
+            for key in [key for key in self.wandb.summary.keys() if key.startswith("eval_")]:
+                del self.wandb.summary[key]
+            self.wandb.summary.update(headline)
 
     def close(self):
         """Finishes the W&B run."""

@@ -14,6 +14,8 @@ import numpy as np  # noqa: E402
 from bidir.compare import final_mean, frames_to_return, smooth  # noqa: E402
 from bidir.evaluate import evaluate, evaluate_all, format_table  # noqa: E402
 
+LAST = 5
+"""Iterations a run's final figures average over (bidir-compare's --last default)."""
 START_EVAL = "eval_start.json"
 """The teacher's held-out evaluation before its first update (methods whose teacher learns)."""
 
@@ -87,7 +89,9 @@ def evaluate_teacher_at_start(config, method, trainer):
 def finish_run(config, trainer, latest_checkpoint) -> dict:
     """Plots the curve, evaluates on held-out seeds, writes eval.json and prints the summary:
     the final return, the frames to `return_threshold`, and the held-out figures (with the teacher
-    before training, where it learned). Returns the held-out results (mode -> figures)."""
+    before training, where it learned). Returns those headline figures, as the run's W&B summary
+    holds them: `final_return`, `frames_to_return_<threshold>` (NaN: not reached) and `eval`
+    (mode -> figures, `teacher_at_start` included)."""
     args = config.rl_script_args
     out = Path(args.output_dir)
     rows = _read_rows(out / "metrics.csv")
@@ -104,23 +108,28 @@ def finish_run(config, trainer, latest_checkpoint) -> dict:
                                                   indent=2))
     print(f"\n{args.method} on {args.env_id}: {trainer.iteration} iterations, {trainer.frames} frames, "
           f"{trainer.wall_time:.0f} s")
+    headline = {}
     if rows:
         returns, episodes = np.array(_floats(rows, "return_mean")), np.array(_floats(rows, "episodes"))
         threshold = args.return_threshold
         reached = frames_to_return(np.array(_floats(rows, "frames")), returns, episodes, threshold)
-        print(f"training: final return {final_mean(returns):.3f} (mean of the last 5 iterations); "
+        last = min(LAST, len(rows))  # a run shorter than LAST iterations averages what it has
+        print(f"training: final return {final_mean(returns, last):.3f} (mean of the last {last} "
+              f"iteration{'s' if last > 1 else ''}); "
               + (f"return {threshold:g} reached at {reached:,.0f} frames" if reached == reached
                  else f"return {threshold:g} not reached")
-              + " (episode-weighted mean over 5 iterations)")
+              + f" (episode-weighted mean over {LAST} iterations)")
+        headline = {"final_return": final_mean(returns, last), f"frames_to_return_{threshold:g}": reached}
     if results:
         shown = dict(results)
-        if (out / START_EVAL).exists():
-            shown.update(json.loads((out / START_EVAL).read_text())["results"])
+        if start:
+            shown["teacher_at_start"] = start
         print(f"held-out evaluation ({args.eval_episodes} episodes per mode):")
         print(format_table(shown))
+        headline["eval"] = shown
     print(f"learning curve: {plot}")
     print(f"metrics: {out / 'metrics.csv'}")
-    return results
+    return headline
 
 
 def _read_rows(path: Path) -> list[dict]:

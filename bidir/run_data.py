@@ -1,19 +1,20 @@
 """A run's data as the comparisons read it: its metrics.csv, config.yaml and held-out evaluations
-(eval_start.json, eval.json) from a run directory, or the same from W&B, grouped by method or by
-plan.py's variant."""
+(eval_start.json, eval.json) from a run directory, or the same from W&B, grouped by configuration
+(bidir/run_groups.py: runs of one method or variant that differ are labelled apart)."""
 from __future__ import annotations
 
 import csv
 import glob
 import json
 import re
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from bidir.run_groups import experiment_keys, group_runs
 
 
 THRESHOLD_BEFORE_THE_KEY = 0.8
@@ -74,9 +75,10 @@ def _read_metrics(path: Path) -> list[dict]:
 
 
 def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
-    """Run directories (those with config.yaml and metrics.csv) grouped by method or variant; a
-    file that cannot be read or parsed is a ValueError naming it (runs without rows are skipped)."""
-    runs = defaultdict(list)
+    """Run directories (those with config.yaml and metrics.csv) grouped by `group_runs`: by method or
+    variant and configuration; a file that cannot be read or parsed, or a seed twice in one group,
+    is a ValueError naming it (runs without rows are skipped)."""
+    runs = []
     paths = sorted({Path(p) for pattern in patterns for p in (glob.glob(pattern) or [pattern])})
     for path in paths:
         if not (path / "metrics.csv").exists() or not (path / "config.yaml").exists():
@@ -85,6 +87,7 @@ def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
             config = OmegaConf.load(path / "config.yaml")
             method, seed = str(config.rl_script_args.method), int(config.rl_script_args.seed)
             threshold = float(config.rl_script_args.get("return_threshold", THRESHOLD_BEFORE_THE_KEY))
+            experiment = experiment_keys(OmegaConf.to_container(config, resolve=True))
         except (OSError, ValueError, TypeError, yaml.YAMLError, OmegaConfBaseException) as error:
             raise _bad_file(path / "config.yaml", f"is not a run's configuration ({error})") from None
         rows = _read_metrics(path / "metrics.csv")
@@ -98,15 +101,15 @@ def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
                     evaluation.update(json.loads((path / name).read_text())["results"])
                 except (OSError, ValueError, KeyError, TypeError) as error:
                     raise _bad_file(path / name, f"is not an evaluation ({error!r})") from None
-        runs[group_name(path, method)].append({
-            "path": str(path), "seed": seed, "frames": column("frames"),
+        runs.append({
+            "name": group_name(path, method), "experiment": experiment, "path": str(path), "seed": seed, "frames": column("frames"),
             "return": column("return_mean"), "success": column("success_rate"), "episodes": column("episodes"),
             "eval": evaluation, "wall_time_s": rows[-1]["wall_time_s"], "return_threshold": threshold,
             "agents": {key: column(key) for key in AGENTS if key in rows[0]},
             "entropy": {agent: column(key) for key, agent in ENTROPIES.items() if key in rows[0]}})
     if not runs:
         raise ValueError(f"no run directories (with config.yaml and metrics.csv) in {' '.join(patterns)}")
-    return dict(runs)
+    return group_runs(runs)
 
 
 def load_wandb_runs(project: str, group: str | None) -> dict[str, list[dict]]:
@@ -114,18 +117,18 @@ def load_wandb_runs(project: str, group: str | None) -> dict[str, list[dict]]:
     bidir logs every metrics.csv column under its own name, with step = frames."""
     import wandb
 
-    runs = defaultdict(list)
+    runs = []
     for run in wandb.Api(timeout=30).runs(project, filters={"group": group} if group else {}):
         rows = [r for r in run.scan_history(keys=["frames", "return_mean", "success_rate", "episodes"])]
         if not rows or "rl_script_args" not in run.config:
             continue
         column = lambda key: np.array([float(r.get(key, np.nan)) for r in rows])  # noqa: E731
-        runs[run.config["rl_script_args"]["method"]].append({
-            "path": run.url, "seed": run.config["rl_script_args"]["seed"], "frames": column("frames"),
+        runs.append({
+            "name": run.config["rl_script_args"]["method"], "experiment": experiment_keys(dict(run.config)), "path": run.url, "seed": run.config["rl_script_args"]["seed"], "frames": column("frames"),
             "return": column("return_mean"), "success": column("success_rate"), "episodes": column("episodes"),
             "eval": dict(run.summary.get("eval", {})),
             "return_threshold": float(run.config["rl_script_args"].get("return_threshold", THRESHOLD_BEFORE_THE_KEY)),
             "wall_time_s": float(run.summary.get("wall_time_s", np.nan))})
     if not runs:
         raise ValueError(f"no bidir runs in W&B project {project}" + (f", group {group}" if group else ""))
-    return dict(runs)
+    return group_runs(runs)

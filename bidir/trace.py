@@ -167,11 +167,10 @@ def captioned(frame: np.ndarray, lines: list[str]) -> Image.Image:
 
 def main(argv=None):
     """CLI: trace one held-out episode of a run directory (its newest checkpoint) or a checkpoint."""
-    parser = argparse.ArgumentParser(prog="bidir-trace", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="bidir-trace", description=__doc__.splitlines()[0])
     parser.add_argument("path", type=Path, help="run directory or checkpoint directory")
-    parser.add_argument("--mode", choices=TRACE_MODES, default="training", help="who acts (see bidir/trace.py)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="held-out evaluation seed of the episode")
+    parser.add_argument("--mode", choices=TRACE_MODES, default="training", help="who acts (see bidir/trace.py; default: %(default)s)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="held-out evaluation seed of the episode (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="path of the files without suffix (default: "
                         "<run>/trace_<checkpoint>_seed<seed>_<mode>)")
     options = parser.parse_args(argv)

@@ -202,6 +202,11 @@ def train(config: DictConfig) -> Path:
     return output_dir
 
 
+def _shown(value: float) -> str:
+    """An iteration's mean over the episodes that ended in it; "-" where none ended (not "nan")."""
+    return f"{value:.2f}" if value == value else "-"
+
+
 def run_iterations(trainer: Trainer, metrics: MetricsLog, stop: StopSignals, output_dir: Path):
     """collect -> update -> log -> checkpoint, until the budget is spent or a stop signal arrives."""
     args = trainer.args
@@ -232,15 +237,14 @@ def run_iterations(trainer: Trainer, metrics: MetricsLog, stop: StopSignals, out
             metrics.write(row)
             checkpoint.save(output_dir, trainer.iteration, trainer.state(),
                             trainer.teacher if trainer.method.teacher_learns else None, args.keep_checkpoints)
-            bar.set_postfix(success=f"{row['success_rate']:.2f}", ret=f"{row['return_mean']:.2f}",
-                            fps=f"{row['fps']:.0f}")
+            bar.set_postfix(success=_shown(row["success_rate"]), ret=_shown(row["return_mean"]), fps=f"{row['fps']:.0f}")
             bar.update(1)
             if bar.disable and (time.monotonic() - last_line >= PROGRESS_LINE_S
                                 or trainer.iteration in (first, args.iterations)):
                 last_line = time.monotonic()
-                log.info("%s: iteration %d/%d, %d frames, return %.2f, success %.2f, %.0f fps, %.0f s", args.method,
-                         trainer.iteration, args.iterations, trainer.frames, row["return_mean"],
-                         row["success_rate"], row["fps"], trainer.wall_time)
+                log.info("%s: iteration %d/%d, %d frames, return %s, success %s, %.0f fps, %.0f s", args.method,
+                         trainer.iteration, args.iterations, trainer.frames, _shown(row["return_mean"]),
+                         _shown(row["success_rate"]), row["fps"], trainer.wall_time)
     finally:
         bar.close()
 

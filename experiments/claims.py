@@ -189,7 +189,7 @@ def main(argv=None):
         if options.out.is_dir() or not existing.is_dir():
             parser.error(f"--out {options.out}: {options.out if options.out.is_dir() else existing} is "
                          f"{'a directory' if options.out.is_dir() else 'a file'}; name a file to write, "
-                         "e.g. results/claims.md")
+                         "e.g. experiments/<study>/claims.md")
     try:
         table = claims_table(load_runs(options.runs))
     except ValueError as error:  # no runs, a run file that cannot be read, or runs of two thresholds

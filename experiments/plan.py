@@ -1,4 +1,4 @@
-"""Turn experiments/grid.yaml into training commands: the one place where a run's
+"""Turn experiments/paper/grid.yaml into training commands: the one place where a run's
 method, seed and budget become a command line and an output directory.
 
     python experiments/plan.py --count                           # runs in the grid (methods x seeds)
@@ -40,7 +40,7 @@ from bidir.checks import positive_int
 from bidir.methods import METHODS
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_GRID = REPO / "experiments" / "grid.yaml"
+DEFAULT_GRID = REPO / "experiments" / "paper" / "grid.yaml"
 GRID_KEYS = {  # key: (type, required); grid.yaml documents each
     "name": (str, True), "methods": (list, True), "variants": (dict, False), "seeds": (list, True),
     "budgets": (dict, True), "output_root": (str, True), "setting": (str, True), "launcher": (str, True),
@@ -70,13 +70,16 @@ class GridError(ValueError):
 
 
 def load_grid(path: Path = DEFAULT_GRID) -> dict:
-    """The experiment definition in `path`, checked by `check_grid`."""
+    """The experiment definition in `path`, checked by `check_grid`. A study's folder stands for
+    its main grid, `<folder>/grid.yaml` (experiments/README.md: one folder per study)."""
+    if path.is_dir():
+        path = path / "grid.yaml"
     try:
         with open(path) as f:
             grid = yaml.safe_load(f)
     except OSError as error:
         raise GridError(f"--grid {path}: {error.strerror}; give an experiment file such as "
-                        f"experiments/grid.yaml") from None
+                        f"experiments/paper/grid.yaml") from None
     except yaml.YAMLError as error:  # its message spans lines
         raise GridError(f"--grid {path} is not valid YAML: {' '.join(str(error).split())}") from None
     check_grid(grid, path)
@@ -88,7 +91,7 @@ def check_grid(grid, path: Path):
     GRID_KEYS with usable values: otherwise a typo would surface only when a run starts, or
     silently not at all (an unknown key, a duplicate seed sharing an output directory)."""
     def fail(why):
-        raise GridError(f"{path}: {why} (see experiments/grid.yaml)")
+        raise GridError(f"{path}: {why} (see experiments/paper/grid.yaml)")
 
     if not isinstance(grid, dict):
         fail(f"expected a mapping with the keys {', '.join(GRID_KEYS)}")
@@ -307,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--list", action="store_true", help="print every command in array order")
     what.add_argument("--local", action="store_true", help="run the grid here (see --jobs)")
     what.add_argument("--method", choices=list(METHODS), help="one run outside the grid (with --seed, --iterations)")
-    parser.add_argument("--grid", type=Path, default=DEFAULT_GRID, help="experiment definition")
+    parser.add_argument("--grid", type=Path, default=DEFAULT_GRID, help="a grid file, or a study folder (its grid.yaml), e.g. experiments/levels-mix")
     parser.add_argument("--jobs", type=positive_int, default=1,
                         help="with --local: runs at a time (give each a core: torch_threads is 1)")
     parser.add_argument("--budget", default="short", help="a key of the grid's budgets")

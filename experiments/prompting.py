@@ -1,11 +1,11 @@
-"""Zero-shot prompting of a real LLM teacher (issue 14): the teacher-alone held-out return, before
+"""Zero-shot prompting of a real LLM teacher (the SmolLM2 study): the teacher-alone held-out return, before
 any training, of each prompt format (bidir, glam, chat) with each candidate scoring (sum, mean),
 and three references on the same episodes: uniform instructions, the offline teacher tiny-t5-bc
 (its own prompt and scoring) and minigrid's BabyAI bot. Tuning seeds only: evaluation seeds
 1001 and up (bidir-eval and the study use seed 0).
 
     python experiments/prompting.py --model /work/models/smollm2 [--formats bidir glam chat]
-        [--chunks 2] [--chunk-episodes 10] [--out experiments/results/prompting] [--env-id LEVEL]
+        [--chunks 2] [--chunk-episodes 10] [--out experiments/prompting] [--env-id LEVEL]
     python experiments/prompting.py --formats --references --env-id LEVEL --out DIR   # references only
 
 Episodes run in chunks of `--chunk-episodes` environments, chunk c on evaluation seed
@@ -174,7 +174,7 @@ def main():
     parser.add_argument("--chunks", type=int, default=2)
     parser.add_argument("--chunk-episodes", type=int, default=10)
     parser.add_argument("--first-seed", type=int, default=1001, help="tuning seeds only: keep above 1000")
-    parser.add_argument("--out", type=Path, default=Path("experiments/results/prompting"))
+    parser.add_argument("--out", type=Path, default=Path("experiments/prompting"))
     parser.add_argument("--table", action="store_true", help="only recompute the table")
     parser.add_argument("--env-id", default=ENV_ID, help="the level, or a mix (default: %(default)s)")
     options = parser.parse_args()

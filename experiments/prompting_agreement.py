@@ -1,4 +1,4 @@
-"""Why a prompt fails zero-shot (issue 14): on the BabyAI bot's states of the tuning episodes, the
+"""Why a prompt fails zero-shot (the SmolLM2 study): on the BabyAI bot's states of the tuning episodes, the
 probability each prompt format and scoring gives the bot's action, how often its most likely
 instruction is the bot's, and its mean distribution over the instructions. A second candidate
 spelling, with a leading space (" turn left"), tests the token boundary: after `Action:` a BPE
@@ -56,7 +56,7 @@ def main():
     parser.add_argument("--model", required=True)
     parser.add_argument("--seeds", type=int, nargs="*", default=[1001, 1002], help="tuning seeds only")
     parser.add_argument("--episodes", type=int, default=10, help="per seed")
-    parser.add_argument("--out", type=Path, default=Path("experiments/results/prompting"))
+    parser.add_argument("--out", type=Path, default=Path("experiments/prompting"))
     options = parser.parse_args()
     torch.set_num_threads(1)
     quiet_libraries()

@@ -5,7 +5,7 @@
                                                # (where runs were evaluated on a mix), comparison.png
     python experiments/recompute.py --check    # rewrite nothing; exit 1 naming each table that differs
 
-A study is a folder `experiments/results/<study>/` holding its per-run data, of one of two kinds:
+A study is a folder `experiments/<study>/` holding its per-run data, of one of two kinds:
 - training runs, `runs/<group>/seed<N>/` (each run's metrics.csv, eval.json, eval_start.json where
   the teacher learns, and config.yaml, as the run wrote them): its tables are what `bidir-compare`
   and `experiments/claims.py` make of those runs (agents.md: `bidir-compare`'s table of each
@@ -29,7 +29,7 @@ from claims import claims_table  # noqa: E402
 from prompting import tables as prompting_tables  # noqa: E402
 from prompting_agreement import agreement_table  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent  # experiments/: one folder per study
 
 
 def studies(root: Path = RESULTS) -> list[Path]:

@@ -36,12 +36,14 @@ def test_frames_to_threshold():
     assert math.isnan(frames_to(frames, np.array([0.5, 0.6, np.nan]), 0.8))
 
 
-def write_run(directory, method, seed, returns, return_threshold=None, **columns):
+def write_run(directory, method, seed, returns, return_threshold=None, config=(), **columns):
     """A run directory as bidir.train leaves it (config.yaml without return_threshold: an older run),
-    with `columns` (name: one value per iteration) added to metrics.csv."""
+    with `config` ("a.b.c=value" overrides) in its config.yaml and `columns` (name: one value per
+    iteration) added to metrics.csv."""
     directory.mkdir(parents=True)
     args = {"method": method, "seed": seed} | ({"return_threshold": return_threshold} if return_threshold else {})
-    OmegaConf.save({"rl_script_args": args}, directory / "config.yaml")
+    OmegaConf.save(OmegaConf.merge({"rl_script_args": args}, OmegaConf.from_dotlist(list(config))),
+                   directory / "config.yaml")
     with open(directory / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, ["iteration", "frames", "success_rate", "return_mean", "episodes", "wall_time_s",
                                     *columns])
@@ -98,19 +100,75 @@ def test_a_run_that_has_not_finished_an_iteration_is_left_out(tmp_path):
     assert list(load_runs([str(tmp_path / "*" / "*")])) == ["bidir"]
 
 
+NO_CRITIQUE = ["rl_script_args.critique_imitation=0"]
+
+
 def test_plan_layout_groups_by_variant_and_pairs_seeds(tmp_path):
     # <experiment>/<variant>/seed<N>: an ablation of bidir is its own group
     write_run(tmp_path / "x" / "bidir" / "seed1", "bidir", 1, [0.5, 0.9])
     write_run(tmp_path / "x" / "bidir" / "seed2", "bidir", 2, [0.5, 0.7])
-    write_run(tmp_path / "x" / "bidir-no-critique" / "seed1", "bidir", 1, [0.5, 0.6])
-    write_run(tmp_path / "x" / "bidir-no-critique" / "seed2", "bidir", 2, [0.5, 0.6])
-    write_run(tmp_path / "x" / "bidir-no-critique" / "seed3", "bidir", 3, [0.5, 0.6])
+    write_run(tmp_path / "x" / "bidir-no-critique" / "seed1", "bidir", 1, [0.5, 0.6], config=NO_CRITIQUE)
+    write_run(tmp_path / "x" / "bidir-no-critique" / "seed2", "bidir", 2, [0.5, 0.6], config=NO_CRITIQUE)
+    write_run(tmp_path / "x" / "bidir-no-critique" / "seed3", "bidir", 3, [0.5, 0.6], config=NO_CRITIQUE)
     runs = load_runs([str(tmp_path / "x" / "*" / "seed*")])
     assert sorted(runs) == ["bidir", "bidir-no-critique"]
     final = lambda run: float(run["return"][-1])  # noqa: E731
     # seeds 1 and 2 in both: differences 0.3 and 0.1, mean 0.2, t(1) = 12.706, sd 0.1414 / sqrt(2)
     mean, ci, n = paired_difference(runs["bidir"], runs["bidir-no-critique"], final)
     assert n == 2 and mean == pytest.approx(0.2) and ci == pytest.approx(12.706 * 0.1)
+
+
+SMOLLM2 = ["lamorel_args.llm_configs.main_llm.model_path=/cache/smollm2-135m-instruct",
+           "lamorel_args.llm_configs.main_llm.model_type=causal", "rl_script_args.teacher_lr=0.001"]
+
+
+def compare(*patterns, out):
+    return subprocess.run([sys.executable, "-m", "bidir.compare", *map(str, patterns), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_runs_of_one_method_with_different_models_are_compared_apart(tmp_path):
+    # the issue's case: `bidir-compare "runs/*"` over a tiny-t5 and a SmolLM2 bidir run, both seed 1
+    write_run(tmp_path / "runs" / "bidir_seed1", "bidir", 1, [0.5, 0.9],
+              config=["lamorel_args.llm_configs.main_llm.model_path=/a/bidir/assets/tiny-t5-bc"])
+    write_run(tmp_path / "runs" / "smollm2", "bidir", 1, [0.1, 0.2], config=SMOLLM2)
+    done = compare(tmp_path / "runs" / "*", out=tmp_path / "cmp")
+    assert done.returncode == 0, done.stderr
+    table = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert sorted(table) == ["bidir [model_path=smollm2-135m-instruct, model_type=causal, teacher_lr=0.001]",
+                             "bidir [model_path=tiny-t5-bc, model_type=seq2seq, teacher_lr=0.0001]"]
+    assert all(row["seeds"] == 1 for row in table.values())
+    assert "runs named bidir differ in configuration and are compared apart" in done.stderr
+
+
+def test_runs_that_differ_only_in_where_and_how_long_they_ran_are_pooled(tmp_path):
+    # the model's folder, output_dir, the budget and the evaluation's size do not change the experiment;
+    # a key missing from an older run's config.yaml counts at its documented default
+    write_run(tmp_path / "a" / "seed1", "glam", 1, [0.5, 0.9], config=[
+        "lamorel_args.llm_configs.main_llm.model_path=/machine-a/tiny-t5-bc", "rl_script_args.output_dir=a",
+        "rl_script_args.iterations=2", "rl_script_args.eval_episodes=10", "rl_script_args.teacher_share_end=0"])
+    write_run(tmp_path / "b" / "seed2", "glam", 2, [0.5, 0.7], config=[
+        "lamorel_args.llm_configs.main_llm.model_path=/machine-b/tiny-t5-bc", "rl_script_args.output_dir=b",
+        "rl_script_args.iterations=40", "rl_script_args.eval_episodes=100"])
+    assert {label: len(group) for label, group in load_runs([str(tmp_path / "*" / "seed*")]).items()} == {"a + b": 2}
+
+
+def test_a_non_default_key_sets_runs_apart(tmp_path):
+    write_run(tmp_path / "runs" / "seed1", "bidir", 1, [0.5, 0.9])
+    write_run(tmp_path / "runs" / "seed2", "bidir", 2, [0.5, 0.9], config=NO_CRITIQUE)
+    runs = load_runs([str(tmp_path / "runs" / "seed*")])
+    assert sorted(runs) == ["runs [critique_imitation=0]", "runs [critique_imitation=1.0]"]
+
+
+def test_a_seed_twice_in_one_group_is_refused(tmp_path):
+    # the same run copied, or rerun into a second folder: one seed's outcome must not count as two
+    write_run(tmp_path / "runs" / "bidir_seed1", "bidir", 1, [0.5, 0.9])
+    write_run(tmp_path / "runs" / "bidir_seed1_copy", "bidir", 1, [0.5, 0.9])
+    done = compare(tmp_path / "runs" / "*", out=tmp_path / "cmp")
+    assert done.returncode == 2 and not (tmp_path / "cmp").exists()
+    assert done.stderr == (f"bidir-compare: error: bidir: seed 1 twice ({tmp_path / 'runs' / 'bidir_seed1'} and "
+                           f"{tmp_path / 'runs' / 'bidir_seed1_copy'}); a seed counts once in a comparison: leave one "
+                           "of them out of the patterns\n")
 
 
 def test_cli_writes_table_and_plot_and_rejects_empty_input(tmp_path):

@@ -376,6 +376,12 @@ def test_a_mix_resumes_bit_exactly():
         assert infos == infos2 and (rewards == rewards2).all() and (dones == dones2).all()
 
 
+def test_a_minigrid_level_that_is_not_babyai_is_refused():
+    # MiniGrid-Empty's mission is outside BabyAI's: a run there trained to 0.0 without a word
+    with pytest.raises(ValueError, match="env_id 'MiniGrid-Empty-5x5-v0' is not a BabyAI level"):
+        make_text_env("MiniGrid-Empty-5x5-v0")
+
+
 def test_an_unknown_level_in_a_mix_is_named():
     with pytest.raises(ValueError, match="Unknown env_id 'BabyAI-GoToLocl-v0'; closest: BabyAI-GoToLocal-v0"):
         make_text_env("BabyAI-GoToRedBall-v0+BabyAI-GoToLocl-v0")

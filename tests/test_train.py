@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_module
 
 from bidir.checkpoint import find as find_checkpoint
 from bidir.evaluate import evaluate_all, load_run, restore
-from bidir.metrics import FIRST_COLUMNS
+from bidir.metrics import FIRST_COLUMNS, MetricsLog
 from bidir.train import train
 
 
@@ -224,3 +224,22 @@ def test_a_mix_is_evaluated_level_by_level():
     assert [line.split()[0] for line in table] == ["mode", "student_alone", *mix.split("+")]
     assert "levels" not in evaluate("student_alone", "BabyAI-GoToObj-v0", list(INSTRUCTIONS), 2, 0,
                                     student=Student(6, 6))
+
+
+def test_a_short_run_says_what_its_final_figures_average(tmp_path, capsys):
+    train(small_config(tmp_path / "run", "student", "rl_script_args.eval_episodes=0"))
+    assert "(mean of the last 2 iterations)" in capsys.readouterr().out
+
+
+def test_the_w_and_b_summary_holds_the_headline_and_one_teacher_alone(tmp_path):
+    config = small_config(tmp_path / "run", "bidir", "wandb.mode=offline")
+    (tmp_path / "run").mkdir()
+    metrics = MetricsLog(config, 0, None)
+    row = {column: 1 for column in FIRST_COLUMNS} | {"eval_teacher_alone_return": 0.4}  # a periodic 10-episode figure
+    metrics.write(row)
+    held_out = {"teacher_alone": {"return_mean": 0.9}, "teacher_at_start": {"return_mean": 0.44}}
+    metrics.summarize({"final_return": 0.89, "frames_to_return_0.8": 3072.0, "eval": held_out})
+    summary = metrics.wandb.summary
+    assert summary["final_return"] == 0.89 and summary["eval"]["teacher_at_start"]["return_mean"] == 0.44
+    assert not [key for key in summary.keys() if key.startswith("eval_")]
+    metrics.close()
