@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +61,8 @@ def trace_episode(config, student, teacher, mode: str, seed: int, iteration: int
     """Plays the first held-out episode of evaluation seed `seed` in `mode`; returns its mission,
     its steps, the RGB frame before each step and the episode's return, length and success. Where
     the run's teacher learns, each step carries the row the teacher would train on, made by the
-    training's own `teacher_rows` from this episode (normalised over the episode's rows, where
-    training normalises over an iteration's)."""
+    training's own `teacher_rows` from this episode, before normalisation (training divides the
+    advantages by their spread over an iteration's rows)."""
     args = config.rl_script_args
     method = get_method(args.method)
     if mode == "training":
@@ -102,7 +102,8 @@ def add_teacher_rows(steps: list[TracedStep], rollout: Rollout, config, student,
     (the episode ended: nothing is bootstrapped)."""
     args = config.rl_script_args
     critique = get_method(args.method).critique and student is not None
-    settings = CritiqueSettings.from_args(args, critique)
+    # unnormalised: training divides by the spread over an iteration's rows, not one episode's
+    settings = replace(CritiqueSettings.from_args(args, critique), normalize=False)
     student_advantage = None
     if critique:
         student_advantage, _ = gae(rollout.reward, rollout.value, rollout.done, np.zeros(1, np.float32), args.gamma,
@@ -138,7 +139,7 @@ def trace_text(steps: list[TracedStep], header: list[str], instructions: list[st
         trained = ([f"PPO on {s.action!r} (advantage {s.ppo[0]:+.3f}, weight {s.ppo[1]:.3f})"] if s.ppo else []) + \
                   ([f"imitates {s.action!r} (weight {s.imitation:.3f})"] if s.imitation is not None else [])
         if trained:
-            lines.append("  teacher row: " + "; ".join(trained))
+            lines.append("  teacher row: " + "; ".join(trained) + " (unnormalised)")
     return "\n".join(lines) + "\n"
 
 
