@@ -211,7 +211,8 @@ def assert_every_iteration_once(rows: list[dict], iterations: int):
 
 def preempt_and_resume(job: dict, started_s: int, requeued_s: int, done_s: int) -> str:
     """Sends a running job what SLURM sends before its time limit (--signal=B:USR1), waits for the
-    requeue and the end, checks that every iteration ran exactly once; returns the job's log."""
+    requeue and the end, checks that the rerun resumed from the checkpoint and that every iteration
+    ran exactly once; returns the job's log."""
     job_id, log, output_dir = job["job_id"], job["log"], job["output_dir"]
     info = wait_started(job_id, log)
     wait_for(lambda: len(metrics(output_dir)) >= 2, _left(info, started_s),
@@ -233,7 +234,12 @@ def preempt_and_resume(job: dict, started_s: int, requeued_s: int, done_s: int) 
     wait_done(job_id, done_s, log)
 
     assert_every_iteration_once(metrics(output_dir), job["ITERATIONS"])
-    return log.read_text()
+    text = log.read_text()
+    # The rerun went on from the checkpoint; one that trained again from iteration 1 would log
+    # every iteration once too (a fresh run rewrites metrics.csv).
+    assert re.search(rf"resuming from \S+ \(iteration {stopped_at}\)", text), \
+        f"job {job_id}'s rerun did not resume from iteration {stopped_at}'s checkpoint:\n{text[-3000:]}"
+    return text
 
 
 def test_preempted_run_requeues_and_resumes(jobs):
