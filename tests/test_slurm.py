@@ -2,6 +2,10 @@
 and a run preempted the way SLURM warns before a time limit (SIGUSR1 to the batch shell)
 checkpoints, requeues itself and resumes with every iteration logged exactly once.
 
+Time limits count a job's own running time, from the StartTime SLURM reports: how long a job pends
+(a requeued job's hold, CPUs that other jobs hold) depends on SLURM and the machine's load, not on
+the scripts, so it is waited out on what SLURM reports (wait_started).
+
 Needs the cluster: `.ci/slurm-up.sh` (CI starts it); skipped when `sinfo` fails.
 """
 
@@ -12,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -54,28 +59,74 @@ def _jobcomp_log() -> Path | None:
     return Path(match.group(1)) if match else None
 
 
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+         "BOOT_FAIL", "DEADLINE"}
+# A pending job that SLURM could start (eligible, nothing else running) starts at its next
+# scheduling pass (sched_interval=2); STUCK_S of that means it never will.
+STUCK_S = 30
+
+
 def job_info(job_id: str) -> dict:
-    """JobState and Restarts, from scontrol while SLURM remembers the job (MinJobAge), then
-    from the job completion log (there is no slurmdbd, hence no sacct)."""
+    """JobState, Restarts, Reason, times..., from scontrol while SLURM remembers the job
+    (MinJobAge), then from the job completion log (there is no slurmdbd, hence no sacct)."""
     out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
                          text=True)
     if out.returncode == 0 and "JobState=" in out.stdout:
-        return dict(re.findall(r"(JobState|Restarts|ExitCode)=(\S+)", out.stdout))
+        return dict(re.findall(r"\b(JobState|Restarts|ExitCode|Reason|EligibleTime|StartTime)=(\S+)",
+                               out.stdout))
     log = _jobcomp_log()
     lines = [line for line in log.read_text().splitlines()
              if f"JobId={job_id} " in line] if log and log.exists() else []
     return dict(re.findall(r"(JobState|ExitCode)=(\S+)", lines[-1])) if lines else {}
 
 
+def _seconds(slurm_time: str | None) -> float | None:
+    """A time scontrol printed (local, 2026-12-03T18:49:37) as time.time() counts it; None if unset."""
+    try:
+        return datetime.fromisoformat(slurm_time).timestamp()
+    except (TypeError, ValueError):  # None, "Unknown", "None", "N/A"
+        return None
+
+
+def _cluster_idle() -> bool:
+    """No CPU of the cluster is allocated (sinfo %C: allocated/idle/other/total)."""
+    out = subprocess.run(["sinfo", "-h", "-o", "%C"], capture_output=True, text=True).stdout
+    return out.strip().startswith("0/")
+
+
 def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
+    """predicate()'s first true value, asked every 0.25 s; fails after timeout s with the log's tail."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
+    while not (value := predicate()):  # asked at least once, even when the time is up
+        if time.monotonic() >= deadline:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{tail}")
         time.sleep(0.25)
-    tail = log.read_text()[-3000:] if log and log.exists() else ""
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
+    return value
+
+
+def wait_started(job_id: str, log: Path) -> dict:
+    """Waits until SLURM runs the job (or has run it: it ended); returns job_info.
+
+    No fixed budget: how long a job pends is SLURM's doing, not the scripts', e.g. a requeued job's
+    hold (EligibleTime, cred_expire after the requeue) and then the CPUs that other jobs hold, up
+    to their --time at most. Fails when the cluster stays idle for STUCK_S after the job's
+    EligibleTime and SLURM still does not start it (held, or never rescheduled)."""
+    stuck_since = None
+    while True:
+        info = job_info(job_id)
+        if info.get("JobState") == "RUNNING" or info.get("JobState") in FINAL:
+            return info
+        eligible = _seconds(info.get("EligibleTime")) or 0  # Unknown: no hold in time
+        if eligible <= time.time() and _cluster_idle():
+            stuck_since = stuck_since or time.monotonic()
+            if time.monotonic() - stuck_since > STUCK_S:
+                raise AssertionError(f"job {job_id} not started by SLURM although the cluster is idle "
+                                     f"(for {STUCK_S}s past its EligibleTime): {info}\n"
+                                     f"{log.read_text()[-3000:] if log.exists() else ''}")
+        else:
+            stuck_since = None
+        time.sleep(0.25)
 
 
 def submit(script: str, out_log: Path, overrides=(), sbatch_args=(), **env) -> str:
@@ -88,14 +139,24 @@ def submit(script: str, out_log: Path, overrides=(), sbatch_args=(), **env) -> s
     return out.stdout.strip().split(";")[0]
 
 
-def wait_ended(job_id: str, timeout: float, log: Path) -> dict:
-    final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
-    return wait_for(lambda: (i := job_info(job_id)).get("JobState") in final and i,
-                    timeout, f"job {job_id} to finish", log)
+def _left(info: dict, run_s: float) -> float:
+    """Seconds left of run_s counted from the job's StartTime (its latest start, after a requeue)."""
+    return (_seconds(info.get("StartTime")) or time.time()) + run_s - time.time()
 
 
-def wait_done(job_id: str, timeout: float, log: Path) -> dict:
-    info = wait_ended(job_id, timeout, log)
+def wait_ended(job_id: str, run_s: float, log: Path) -> dict:
+    """Waits until the job has ended and returns job_info; run_s bounds the job's running time
+    only: it counts from the StartTime SLURM reports, not from when the job was queued."""
+    info = wait_started(job_id, log)
+    if info.get("JobState") in FINAL:
+        return info
+    return wait_for(lambda: (i := job_info(job_id)).get("JobState") in FINAL and i, _left(info, run_s),
+                    f"job {job_id} to finish (started {info.get('StartTime')}, {run_s}s allowed)", log)
+
+
+def wait_done(job_id: str, run_s: float, log: Path) -> dict:
+    """wait_ended, and the job COMPLETED."""
+    info = wait_ended(job_id, run_s, log)
     assert info["JobState"] == "COMPLETED", f"job {job_id}: {info}\n{log.read_text()[-3000:]}"
     return info
 
@@ -150,20 +211,35 @@ def assert_every_iteration_once(rows: list[dict], iterations: int):
 
 def preempt_and_resume(job: dict, started_s: int, requeued_s: int, done_s: int) -> str:
     """Sends a running job what SLURM sends before its time limit (--signal=B:USR1), waits for the
-    requeue and the end, checks that every iteration ran exactly once; returns the job's log."""
+    requeue and the end, checks that the rerun resumed from the checkpoint and that every iteration
+    ran exactly once; returns the job's log."""
     job_id, log, output_dir = job["job_id"], job["log"], job["output_dir"]
-    wait_for(lambda: len(metrics(output_dir)) >= 2, started_s, "two iterations logged", log)
+    info = wait_started(job_id, log)
+    wait_for(lambda: len(metrics(output_dir)) >= 2, _left(info, started_s),
+             f"two iterations logged (job {job_id} started {info.get('StartTime')}, {started_s}s allowed)", log)
     assert job_info(job_id).get("JobState") == "RUNNING"
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
 
-    wait_for(lambda: int(job_info(job_id).get("Restarts", 0)) >= 1, requeued_s,
-             f"job {job_id} to be requeued", log)
+    def requeued():
+        info = job_info(job_id)
+        if int(info.get("Restarts", 0)) >= 1:
+            return True
+        assert info.get("JobState") not in FINAL, f"job {job_id} ended without a requeue: {info}"
+
+    wait_for(requeued, requeued_s, f"job {job_id} to be requeued", log)
     stopped_at = len(metrics(output_dir))
     assert stopped_at < job["ITERATIONS"], "the run finished before the signal; make it longer"
+    # done_s counts from the restart: SLURM's hold on the requeued job and the CPUs other jobs
+    # hold meanwhile are waited out by wait_started, on what scontrol reports.
     wait_done(job_id, done_s, log)
 
     assert_every_iteration_once(metrics(output_dir), job["ITERATIONS"])
-    return log.read_text()
+    text = log.read_text()
+    # The rerun went on from the checkpoint; one that trained again from iteration 1 would log
+    # every iteration once too (a fresh run rewrites metrics.csv).
+    assert re.search(rf"resuming from \S+ \(iteration {stopped_at}\)", text), \
+        f"job {job_id}'s rerun did not resume from iteration {stopped_at}'s checkpoint:\n{text[-3000:]}"
+    return text
 
 
 def test_preempted_run_requeues_and_resumes(jobs):
