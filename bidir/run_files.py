@@ -1,0 +1,236 @@
+"""The files a run holds, read back and checked: config.yaml, metrics.csv, eval*.json and the
+checkpoints. A file that cannot be used is one `BadRunFile` line naming the file and the field;
+a run that cannot be resumed without losing work is one `UsageError` line saying what is missing
+and how to go on. Nothing here writes, but `keep_aside`, which renames and never deletes."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from bidir import checkpoint
+from bidir.checks import UsageError, check_ranges, check_types, with_documented_defaults
+
+log = logging.getLogger("bidir")
+
+START_EVAL = "eval_start.json"
+FIGURES = {"success_rate": float, "return_mean": float, "episode_length_mean": float, "episodes": int}
+"""The figures of one evaluation mode (bidir.rollout.summarize_episodes), with their types."""
+
+
+class BadRunFile(UsageError, ValueError):
+    """A run file that cannot be used: one line naming the file and the field (exit code 2)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key written twice in one mapping is an error (YAML keeps the
+    last one: a variant or a setting written twice would be dropped without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is written twice (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(stream):
+    """YAML from a string or an open file, refusing a key written twice in a mapping."""
+    return yaml.load(stream, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+
+
+def one_line(error: Exception) -> str:
+    """An exception's message on one line (YAML's span several)."""
+    return " ".join(str(error).split())
+
+
+def read_config(path: Path) -> DictConfig:
+    """A run's saved config.yaml, with the keys added since at their defaults, checked as a new
+    run's would be (types, ranges, relations); BadRunFile names the file and the key."""
+    path = Path(path)
+    try:
+        with open(path) as f:
+            tree = load_yaml(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise BadRunFile(f"{path} does not parse ({one_line(error)}); restore it from a copy") from None
+    if not isinstance(tree, dict) or not isinstance(tree.get("rl_script_args"), dict):
+        raise BadRunFile(f"{path} is not a run's configuration (no rl_script_args); restore it from a copy")
+    try:
+        config = with_documented_defaults(OmegaConf.create(tree))
+        check_types(config)
+        check_ranges(config)
+    except UsageError as error:
+        raise BadRunFile(f"{path}: {error}; restore it from a copy") from None
+    except Exception as error:  # noqa: BLE001 - omegaconf raises many kinds (an interpolation, a bad key)
+        raise BadRunFile(f"{path} is not a run's configuration ({one_line(error)}); restore it from a copy") from None
+    return config
+
+
+def read_iterations(path: Path) -> tuple[list[int], str | None]:
+    """The iterations metrics.csv holds, 1, 2, ... n, up to its first damaged line; with what is
+    wrong there (None: no damage). A kill while a row is appended leaves such a line past the
+    last checkpoint, which resuming replaces; before it, rows are missing."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        return [], f"cannot be read ({one_line(error)})"
+    if not header:
+        return [], None
+    if "iteration" not in header:
+        return [], "has no column iteration (its header is damaged)"
+    iterations = []
+    for line, row in enumerate(rows, start=2):
+        text = row.get("iteration") or ""
+        if None in row or None in row.values():
+            return iterations, f"line {line} has {'more' if None in row else 'fewer'} fields than the header"
+        if text != str(len(iterations) + 1):
+            return iterations, f"line {line} is iteration {text!r}, not {len(iterations) + 1}"
+        iterations.append(int(text))
+    return iterations, None
+
+
+def read_evaluation(path: Path) -> dict:
+    """An eval*.json's results (mode -> figures, with per-level figures under `levels` for a mix),
+    checked; BadRunFile names the file and the field."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise BadRunFile(f"{path} is not JSON ({one_line(error)}); restore it from a copy or delete it") from None
+    fail = lambda field, why: BadRunFile(f"{path}: {field} {why}; restore it from a copy or delete it")  # noqa: E731
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise fail("results", "must be a mapping of evaluation mode to figures")
+    if "checkpoint" in data and not isinstance(data["checkpoint"], str):
+        raise fail("checkpoint", "must be a string")
+    for mode, figures in data["results"].items():
+        _check_figures(figures, f"results.{mode}", fail)
+        levels = figures.get("levels", {})
+        if not isinstance(levels, dict):
+            raise fail(f"results.{mode}.levels", "must be a mapping of level to figures")
+        for level, by_level in levels.items():
+            _check_figures(by_level, f"results.{mode}.levels.{level}", fail)
+    return data["results"]
+
+
+def _check_figures(figures, field: str, fail):
+    if not isinstance(figures, dict):
+        raise fail(field, "must be a mapping of figures")
+    for name, kind in FIGURES.items():
+        value = figures.get(name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int:
+            ok = ok and float(value).is_integer() and value >= 0
+        elif ok and not math.isnan(value):  # NaN: no episode ended
+            ok = math.isfinite(value)
+        if not ok:
+            raise fail(f"{field}.{name}", f"must be {'a count' if kind is int else 'a number'}, got {value!r}")
+
+
+def check_run_dir(output_dir: Path, needs_teacher: bool) -> Path | None:
+    """What a run directory holds can be resumed with nothing lost: returns its newest complete
+    checkpoint (None: a fresh start, which overwrites no history), else one UsageError line."""
+    output_dir = Path(output_dir)
+    metrics = output_dir / "metrics.csv"
+    fix = "restore it from a copy, or start afresh in a new rl_script_args.output_dir"
+    candidates = checkpoint.candidates(output_dir)
+    latest, skipped = checkpoint.scan(output_dir, needs_teacher)
+    if candidates and latest is None:
+        raise UsageError(f"cannot resume {output_dir}: none of its checkpoints is complete ({'; '.join(skipped)}); "
+                         f"restore them from a copy, or start afresh in a new rl_script_args.output_dir")
+    iterations, damage = read_iterations(metrics) if metrics.exists() else (None, None)
+    if latest is None:
+        if iterations or damage:
+            raise UsageError(f"cannot start in {output_dir}: its metrics.csv holds "
+                             f"{f'iterations 1-{iterations[-1]}' if iterations else 'rows'} but there is no checkpoint "
+                             f"to resume them from; restore checkpoints/ from a copy, or choose a new "
+                             f"rl_script_args.output_dir")
+        return None
+    needed = checkpoint.iteration_of(latest)
+    if not (output_dir / "config.yaml").exists():
+        raise UsageError(f"cannot resume {output_dir}: its config.yaml is missing (checkpoint {latest.name}); {fix}")
+    if iterations is None:
+        raise UsageError(f"cannot resume {output_dir}: its metrics.csv is missing, and checkpoint {latest.name} "
+                         f"is at iteration {needed}: iterations 1-{needed} would be lost; {fix}")
+    if len(iterations) < needed:
+        held = f"iterations 1-{iterations[-1]}" if iterations else "no iteration"
+        raise UsageError(f"cannot resume {output_dir}: its metrics.csv holds {held}"
+                         f"{f' ({damage})' if damage else ''}, but checkpoint {latest.name} is at iteration "
+                         f"{needed}: iterations {len(iterations) + 1}-{needed} would be lost; {fix}")
+    if (output_dir / START_EVAL).exists():
+        try:
+            read_evaluation(output_dir / START_EVAL)
+        except BadRunFile as error:
+            raise UsageError(f"cannot resume {output_dir}: {error}") from None
+    return latest
+
+
+def keep_aside(path: Path, unless_text: str | None = None) -> Path | None:
+    """Renames `path` to the first free `<stem>.<n><suffix>` so that what replaces it loses
+    nothing; returns the new name (None when there was nothing to keep, or its text is
+    `unless_text`, the same content)."""
+    path = Path(path)
+    if not path.exists() or (unless_text is not None and path.read_text() == unless_text):
+        return None
+    n = 1
+    while (kept := path.with_name(f"{path.stem}.{n}{path.suffix}")).exists():
+        n += 1
+    path.rename(kept)
+    log.warning("kept the previous %s as %s", path.name, kept.name)
+    return kept
+
+
+def save_config(config: DictConfig, path: Path):
+    """Writes a run's config.yaml (resolved) whole: staged and renamed, so a kill never leaves
+    half of it."""
+    path = Path(path)
+    staged = path.with_name(path.name + ".tmp")
+    OmegaConf.save(config, staged, resolve=True)
+    staged.replace(path)
+
+
+def open_run(path: Path) -> tuple[DictConfig, Path]:
+    """(config, checkpoint) of a run directory (its newest complete checkpoint) or of one of its
+    checkpoint directories (refused unless complete), for bidir-eval and bidir-trace; a run or
+    checkpoint that cannot be used is one BadRunFile line."""
+    from bidir.envs import instruction_actions
+    from bidir.methods import get_method
+
+    path = Path(path)
+    given_checkpoint = path.parent.name == "checkpoints" and path.name.startswith("iter_")
+    run_dir = path.parent.parent if given_checkpoint else path
+    if not (run_dir / "config.yaml").exists():
+        raise BadRunFile(f"{run_dir} is not a bidir run directory (no config.yaml)")
+    config = read_config(run_dir / "config.yaml")
+    args = config.rl_script_args
+    for key, check in (("method", get_method), ("instructions", instruction_actions)):
+        try:
+            check(args[key])
+        except ValueError as error:
+            raise BadRunFile(f"{run_dir / 'config.yaml'}: rl_script_args.{key}: {error}") from None
+    needs_teacher = get_method(args.method).teacher_learns
+    if given_checkpoint:
+        why = checkpoint.problem(path, needs_teacher) if path.is_dir() else "it does not exist"
+        if why:
+            raise BadRunFile(f"{path} is not a complete checkpoint: {why}; give the run directory {run_dir} to use "
+                             f"its newest complete checkpoint")
+        return config, path
+    latest, skipped = checkpoint.scan(run_dir, needs_teacher)
+    if latest is None:
+        raise BadRunFile(f"{run_dir} has no complete checkpoint"
+                         + (f" ({'; '.join(skipped)}); restore one from a copy" if skipped else ""))
+    for line in skipped:
+        log.warning("skipping incomplete checkpoint %s", line)
+    return config, latest
