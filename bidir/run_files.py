@@ -98,8 +98,24 @@ def read_iterations(path: Path) -> tuple[list[int], str | None]:
             return iterations, f"line {line} has {'more' if None in row else 'fewer'} fields than the header"
         if text != str(len(iterations) + 1):
             return iterations, f"line {line} is iteration {text!r}, not {len(iterations) + 1}"
+        for column, value in row.items():
+            if value != "" and not _is_number(value):
+                return iterations, f"line {line}: {column} is {value!r}, not a number"
         iterations.append(int(text))
     return iterations, None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _span(first: int, last: int) -> str:
+    """'iteration 3' or 'iterations 1-3'."""
+    return f"iteration {first}" if first == last else f"iterations {first}-{last}"
 
 
 def read_evaluation(path: Path) -> dict:
@@ -154,7 +170,7 @@ def check_run_dir(output_dir: Path, needs_teacher: bool) -> Path | None:
     if latest is None:
         if iterations or damage:
             raise UsageError(f"cannot start in {output_dir}: its metrics.csv holds "
-                             f"{f'iterations 1-{iterations[-1]}' if iterations else 'rows'} but there is no checkpoint "
+                             f"{_span(1, iterations[-1]) if iterations else 'rows'} but there is no checkpoint "
                              f"to resume them from; restore checkpoints/ from a copy, or choose a new "
                              f"rl_script_args.output_dir")
         return None
@@ -163,17 +179,18 @@ def check_run_dir(output_dir: Path, needs_teacher: bool) -> Path | None:
         raise UsageError(f"cannot resume {output_dir}: its config.yaml is missing (checkpoint {latest.name}); {fix}")
     if iterations is None:
         raise UsageError(f"cannot resume {output_dir}: its metrics.csv is missing, and checkpoint {latest.name} "
-                         f"is at iteration {needed}: iterations 1-{needed} would be lost; {fix}")
+                         f"is at iteration {needed}: {_span(1, needed)} would be lost; {fix}")
     if len(iterations) < needed:
-        held = f"iterations 1-{iterations[-1]}" if iterations else "no iteration"
+        held = _span(1, iterations[-1]) if iterations else "no iteration"
         raise UsageError(f"cannot resume {output_dir}: its metrics.csv holds {held}"
                          f"{f' ({damage})' if damage else ''}, but checkpoint {latest.name} is at iteration "
-                         f"{needed}: iterations {len(iterations) + 1}-{needed} would be lost; {fix}")
+                         f"{needed}: {_span(len(iterations) + 1, needed)} would be lost; {fix}")
     if (output_dir / START_EVAL).exists():
         try:
             read_evaluation(output_dir / START_EVAL)
         except BadRunFile as error:
-            raise UsageError(f"cannot resume {output_dir}: {error}") from None
+            raise UsageError(f"cannot resume {output_dir}: "
+                             f"{str(error).replace(str(output_dir / START_EVAL), f'its {START_EVAL}')}") from None
     return latest
 
 
