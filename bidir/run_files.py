@@ -37,7 +37,7 @@ class _StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is written twice (line {key_node.start_mark.line + 1})",
+                    None, None, f"key {key!r} is written twice",
                     key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
@@ -61,7 +61,8 @@ def read_config(path: Path) -> DictConfig:
         with open(path) as f:
             tree = load_yaml(f)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise BadRunFile(f"{path} does not parse ({one_line(error)}); restore it from a copy") from None
+        raise BadRunFile(f"{path} does not parse ({one_line(error).replace(str(path), path.name)}); restore it "
+                         f"from a copy") from None
     if not isinstance(tree, dict) or not isinstance(tree.get("rl_script_args"), dict):
         raise BadRunFile(f"{path} is not a run's configuration (no rl_script_args); restore it from a copy")
     try:
@@ -145,6 +146,8 @@ def _check_figures(figures, field: str, fail):
     if not isinstance(figures, dict):
         raise fail(field, "must be a mapping of figures")
     for name, kind in FIGURES.items():
+        if name not in figures and name != "return_mean":  # what the comparisons need; the rest typed when there
+            continue
         value = figures.get(name)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if kind is int:
