@@ -425,3 +425,16 @@ def quiet_libraries():
     os.environ.setdefault("WANDB_SILENT", "true")
     # peft (0.21) reads this deprecated transformers property on every LoRA model it wraps
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+def output_file_problem(path: Path) -> str | None:
+    """Why a file cannot be written at `path` (one phrase), checked before any work so that a bad
+    path fails before anything is written; None when it can."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return f"{path.parent} is not a directory"
+    if path.is_dir():
+        return f"{path} is a directory"
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"{path if path.exists() else path.parent} is not writable"
+    return None

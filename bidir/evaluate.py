@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from bidir import checkpoint
-from bidir.checks import non_negative_int, positive_int, quiet_libraries
+from bidir.checks import non_negative_int, output_file_problem, positive_int, quiet_libraries
 from bidir.envs import MIX_SEPARATOR, TextVecEnv
 from bidir.methods import get_method
 from bidir.metrics import Phases
@@ -169,8 +169,8 @@ def main(argv=None):
     except ValueError as error:
         parser.exit(2, f"bidir-eval: error: {error}\n")
     out = options.json or saved.parent.parent / f"eval_{saved.name}_seed{options.seed}.json"
-    if not out.parent.is_dir():
-        parser.exit(2, f"bidir-eval: error: --json {out}: {out.parent} is not a directory\n")
+    if problem := output_file_problem(out):
+        parser.exit(2, f"bidir-eval: error: --json {out}: {problem}; choose another --json\n")
     student, teacher = restore(config, saved)
     results = evaluate_all(config.rl_script_args.method, config.rl_script_args, student, teacher,
                            options.episodes, options.seed)

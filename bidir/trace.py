@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from bidir.checks import non_negative_int, quiet_libraries
+from bidir.checks import non_negative_int, output_file_problem, quiet_libraries
 from bidir.critique import entropy, student_surer
 from bidir.envs import TextVecEnv
 from bidir.evaluate import EVAL_SEED_BASE, MODES, load_run, modes_for, restore
@@ -167,8 +167,9 @@ def main(argv=None):
         parser.exit(2, f"bidir-trace: error: --mode {options.mode} does not apply to {method_name}; choose one of "
                        f"training, {', '.join(modes_for(method_name))}\n")
     out = options.out or saved.parent.parent / f"trace_{saved.name}_seed{options.seed}_{options.mode}"
-    if not out.parent.is_dir():
-        parser.exit(2, f"bidir-trace: error: --out {out}: {out.parent} is not a directory\n")
+    for path in (Path(f"{out}.txt"), Path(f"{out}.gif")):  # both, before the episode is played
+        if problem := output_file_problem(path):
+            parser.exit(2, f"bidir-trace: error: --out {out}: {problem}; choose another --out\n")
     student, teacher = restore(config, saved)
     iteration = int(saved.name.rsplit("_", 1)[-1])
     mission, steps, frames, episode = trace_episode(config, student, teacher, options.mode, options.seed, iteration)
