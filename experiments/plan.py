@@ -38,6 +38,7 @@ import yaml
 
 from bidir.checks import positive_int
 from bidir.methods import METHODS
+from bidir.run_files import load_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_GRID = REPO / "experiments" / "grid.yaml"
@@ -73,7 +74,7 @@ def load_grid(path: Path = DEFAULT_GRID) -> dict:
     """The experiment definition in `path`, checked by `check_grid`."""
     try:
         with open(path) as f:
-            grid = yaml.safe_load(f)
+            grid = load_yaml(f)  # a key written twice is an error, not a variant dropped
     except OSError as error:
         raise GridError(f"--grid {path}: {error.strerror}; give an experiment file such as "
                         f"experiments/grid.yaml") from None
