@@ -115,7 +115,8 @@ class UsageError(Exception):
 
 def check_config(config: DictConfig):
     """Rejects bad input before anything is created, with one clear line (UsageError). Replaces
-    the LLM's model name by the path it resolves to (what config.yaml records)."""
+    the LLM's model name by the path it resolves to (what config.yaml records). What the output
+    directory already holds is checked next, by bidir.run_files.check_resumable."""
     from bidir.envs import instruction_actions, make_text_env
     from bidir.llm import under_lamorel_launcher
     from bidir.methods import get_method
@@ -160,7 +161,6 @@ def check_config(config: DictConfig):
                              f"({llm.model_path} has none); use prompt_format=glam") from None
     if config.wandb.mode == "online":
         check_wandb_login()
-    check_resumable(config)
 
 
 def check_types(config: DictConfig):
@@ -247,45 +247,6 @@ def check_wandb_login():
                          "WANDB_API_KEY, or log offline with wandb.mode=offline (then `wandb sync`)")
 
 
-def check_resumable(config: DictConfig):
-    """A run directory with checkpoints is resumed only when nothing of it would be lost
-    (`bidir.run_files.check_run_dir`) and with the configuration it was made with, apart from
-    RESUMABLE_CHANGES: anything else would mix two experiments under one label."""
-    from bidir.methods import get_method
-    from bidir.run_files import check_run_dir
-
-    from bidir.checkpoint import candidates
-
-    output_dir = Path(config.rl_script_args.output_dir)
-    saved_path = output_dir / "config.yaml"
-    if saved_path.exists() and candidates(output_dir):
-        _check_same_config(config, output_dir, saved_path)
-    # then what the run holds (the same method's files): a complete checkpoint and the history it covers
-    check_run_dir(output_dir, get_method(config.rl_script_args.method).teacher_learns)
-
-
-def _check_same_config(config: DictConfig, output_dir: Path, saved_path: Path):
-    """The configuration of a run to resume is its saved one, but for RESUMABLE_CHANGES."""
-    from bidir.run_files import BadRunFile, read_config
-
-    try:
-        saved = _leaves(OmegaConf.to_container(read_config(saved_path), resolve=True))
-    except BadRunFile as error:
-        raise UsageError(f"cannot resume {output_dir}: {str(error).replace(str(saved_path), 'its config.yaml')}, "
-                         f"or choose a new rl_script_args.output_dir") from None
-    new = _leaves(OmegaConf.to_container(config, resolve=True))
-    if saved.get(MODEL_PATH) != new.get(MODEL_PATH):  # a method without a teacher records the name unresolved
-        saved[MODEL_PATH], new[MODEL_PATH] = _resolved(saved.get(MODEL_PATH)), _resolved(new.get(MODEL_PATH))
-    missing = object()
-    differences = [f"{key} ({_show(saved.get(key, missing))} there, {_show(new.get(key, missing))} here)"
-                   for key in sorted(saved.keys() | new.keys())
-                   if not key.startswith(RESUMABLE_CHANGES) and not _same(saved.get(key, missing), new.get(key, missing))]
-    if differences:
-        raise UsageError(f"output_dir {output_dir} holds a run with another configuration: "
-                         f"{'; '.join(differences)}. Resume it with its own values ({saved_path}) or choose "
-                         f"a new rl_script_args.output_dir")
-
-
 def with_documented_defaults(saved: DictConfig) -> DictConfig:
     """A run's saved configuration with every documented key it lacks set to its default: a key
     added since the run was made stands at what the run did (new keys default to the old behaviour)."""
@@ -304,11 +265,6 @@ def _documented_defaults() -> dict:
     return _leaves(OmegaConf.to_container(documented, resolve=True))
 
 
-def _same(a, b) -> bool:
-    """Config values are equal (NaN equals NaN: a value is the same setting as itself)."""
-    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
-
-
 def at_least(low: int):
     """An argparse type: an integer >= `low`, else one line saying so."""
     def parse(text: str) -> int:
@@ -325,15 +281,6 @@ def at_least(low: int):
 
 positive_int = at_least(1)
 non_negative_int = at_least(0)
-
-
-def _resolved(model_path):
-    """The path a model name resolves to; the name itself if it does not resolve."""
-    from bidir.models import resolve_model_path
-    try:
-        return resolve_model_path(model_path)
-    except (ValueError, OSError, TypeError):
-        return model_path
 
 
 def _has_type(value, expected: type) -> bool:
@@ -426,15 +373,3 @@ def quiet_libraries():
     # peft (0.21) reads this deprecated transformers property on every LoRA model it wraps
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
-
-def output_file_problem(path: Path) -> str | None:
-    """Why a file cannot be written at `path` (one phrase), checked before any work so that a bad
-    path fails before anything is written; None when it can."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        return f"{path.parent} is not a directory"
-    if path.is_dir():
-        return f"{path} is a directory"
-    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        return f"{path if path.exists() else path.parent} is not writable"
-    return None

@@ -16,13 +16,13 @@ import torch
 from tqdm import tqdm
 
 from bidir import checkpoint
-from bidir.checks import non_negative_int, output_file_problem, positive_int, quiet_libraries
+from bidir.checks import non_negative_int, positive_int, quiet_libraries
 from bidir.envs import MIX_SEPARATOR, TextVecEnv
 from bidir.methods import get_method
 from bidir.metrics import Phases
 from bidir.prompts import PromptHistory, build_prompt
 from bidir.rollout import Acting, summarize_episodes
-from bidir.run_files import open_run
+from bidir.run_files import open_run, output_file_problem
 from bidir.student import Student
 from bidir.teacher import start_teacher
 

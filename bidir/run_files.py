@@ -8,12 +8,13 @@ import csv
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from bidir import checkpoint
+from bidir import checkpoint, checks
 from bidir.checks import UsageError, check_ranges, check_types, with_documented_defaults
 
 log = logging.getLogger("bidir")
@@ -254,3 +255,66 @@ def open_run(path: Path) -> tuple[DictConfig, Path]:
     for line in skipped:
         log.warning("skipping incomplete checkpoint %s", line)
     return config, latest
+
+
+def check_resumable(config: DictConfig):
+    """A run directory with checkpoints is resumed only when nothing of it would be lost
+    (`bidir.run_files.check_run_dir`) and with the configuration it was made with, apart from
+    checks.RESUMABLE_CHANGES: anything else would mix two experiments under one label."""
+    from bidir.methods import get_method
+
+    output_dir = Path(config.rl_script_args.output_dir)
+    saved_path = output_dir / "config.yaml"
+    if saved_path.exists() and checkpoint.candidates(output_dir):
+        _check_same_config(config, output_dir, saved_path)
+    # then what the run holds (the same method's files): a complete checkpoint and the history it covers
+    check_run_dir(output_dir, get_method(config.rl_script_args.method).teacher_learns)
+
+
+def _check_same_config(config: DictConfig, output_dir: Path, saved_path: Path):
+    """The configuration of a run to resume is its saved one, but for checks.RESUMABLE_CHANGES."""
+    leaves, show, model = checks._leaves, checks._show, checks.MODEL_PATH
+    try:
+        saved = leaves(OmegaConf.to_container(read_config(saved_path), resolve=True))
+    except BadRunFile as error:
+        raise UsageError(f"cannot resume {output_dir}: {str(error).replace(str(saved_path), 'its config.yaml')}, "
+                         f"or choose a new rl_script_args.output_dir") from None
+    new = leaves(OmegaConf.to_container(config, resolve=True))
+    if saved.get(model) != new.get(model):  # a method without a teacher records the name unresolved
+        saved[model], new[model] = _resolved(saved.get(model)), _resolved(new.get(model))
+    missing = object()
+    differences = [f"{key} ({show(saved.get(key, missing))} there, {show(new.get(key, missing))} here)"
+                   for key in sorted(saved.keys() | new.keys())
+                   if not key.startswith(checks.RESUMABLE_CHANGES)
+                   and not _same(saved.get(key, missing), new.get(key, missing))]
+    if differences:
+        raise UsageError(f"output_dir {output_dir} holds a run with another configuration: "
+                         f"{'; '.join(differences)}. Resume it with its own values ({saved_path}) or choose "
+                         f"a new rl_script_args.output_dir")
+
+
+def _same(a, b) -> bool:
+    """Config values are equal (NaN equals NaN: a value is the same setting as itself)."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+
+
+def _resolved(model_path):
+    """The path a model name resolves to; the name itself if it does not resolve."""
+    from bidir.models import resolve_model_path
+    try:
+        return resolve_model_path(model_path)
+    except (ValueError, OSError, TypeError):
+        return model_path
+
+
+def output_file_problem(path: Path) -> str | None:
+    """Why a file cannot be written at `path` (one phrase), checked before any work so that a bad
+    path fails before anything is written; None when it can."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return f"{path.parent} is not a directory"
+    if path.is_dir():
+        return f"{path} is a directory"
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"{path if path.exists() else path.parent} is not writable"
+    return None

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from bidir.checks import non_negative_int, output_file_problem, quiet_libraries
+from bidir.checks import non_negative_int, quiet_libraries
 from bidir.critique import entropy, student_surer
 from bidir.envs import TextVecEnv
 from bidir.evaluate import EVAL_SEED_BASE, MODES, load_run, modes_for, restore
@@ -28,6 +28,7 @@ from bidir.metrics import Phases
 from bidir.ppo import gae
 from bidir.prompts import PromptHistory, build_prompt
 from bidir.rollout import Acting
+from bidir.run_files import output_file_problem
 
 TRACE_MODES = ("training", *MODES)
 """`training`: as the run acts at the checkpoint (the teacher's share of acting at its iteration,

@@ -38,7 +38,7 @@ from bidir.ppo import anneal, gae
 from bidir.prompts import PromptHistory, build_prompt
 from bidir.report import evaluate_teacher_at_start, finish_run
 from bidir.rollout import Acting, Rollout, collect, summarize_episodes
-from bidir.run_files import save_config
+from bidir.run_files import check_resumable, save_config
 from bidir.student import Student, StudentPPOSettings, training_batch, update_student
 from bidir.teacher import start_teacher, teacher_rows
 
@@ -162,6 +162,7 @@ def train(config: DictConfig) -> Path:
     """Runs (or resumes) the configured training; returns the output directory."""
     args = config.rl_script_args
     check_config(config)
+    check_resumable(config)  # what output_dir holds: resumed only with nothing lost
     method = get_method(args.method)
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)

@@ -211,11 +211,14 @@ def check_run_config(run: Run, setting: str, launcher: str = "python", overrides
     from omegaconf.errors import OmegaConfBaseException
 
     from bidir.checks import UsageError, check_config, check_override_keys
+    from bidir.run_files import check_resumable
     config_dir, config_name, hydra_overrides = trainer_config(run, setting, launcher, overrides, rendezvous)
     try:
         check_override_keys(hydra_overrides)
         with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-            check_config(compose(config_name, overrides=hydra_overrides))
+            config = compose(config_name, overrides=hydra_overrides)
+            check_config(config)
+            check_resumable(config)  # a run to resume: its own configuration, nothing lost
     except (UsageError, HydraException, OmegaConfBaseException) as error:
         raise GridError(str(error).splitlines()[0]) from None
 
