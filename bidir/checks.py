@@ -11,10 +11,11 @@ import argparse
 import difflib
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 DEFAULTS = Path(__file__).parent / "conf" / "config.yaml"
 MODEL_PATH = "lamorel_args.llm_configs.main_llm.model_path"
@@ -52,8 +53,45 @@ RANGES = {  # bounds (inclusive, None: open) beyond the type, for keys whose non
     "rl_script_args.student_max_grad_norm": (0.0, None),
     "rl_script_args.teacher_max_grad_norm": (0.0, None),
     "rl_script_args.distill_coef": (0.0, None),
+    "rl_script_args.seed": (0, 99_999),  # numpy refuses negative seeds; held-out seeds start at 100_000
+    "rl_script_args.student_entropy_coef": (0.0, None),
+    "rl_script_args.student_value_loss_coef": (0.0, None),
+    "rl_script_args.teacher_entropy_coef": (0.0, None),
+    "rl_script_args.teacher_value_loss_coef": (0.0, None),
+    "lamorel_args.llm_configs.main_llm.minibatch_size": (1, None),
+    "lamorel_args.llm_configs.main_llm.frozen_cache_mb": (0, None),
     "lamorel_args.llm_configs.main_llm.lora.r": (1, None),
+    "lamorel_args.llm_configs.main_llm.lora.alpha": (0.0, None),
+    "lamorel_args.llm_configs.main_llm.lora.layers": (1, None),
+    "lamorel_args.distributed_setup_args.init_timeout": (1, None),
+    "lamorel_args.distributed_setup_args.timeout": (1, None),
+    "lamorel_args.distributed_setup_args.multinode_args.main_process_port": (1, 65_535),
+    "lamorel_args.distributed_setup_args.multinode_args.experiment_id": (0, None),
+    "lamorel_args.distributed_setup_args.n_rl_processes": (1, 1),
+    "lamorel_args.distributed_setup_args.llm_processes.main_llm.n_processes": (1, None),
 }
+
+AT_MOST = {  # key: the key it may not exceed, and why
+    "rl_script_args.teacher_share_end": ("rl_script_args.teacher_share_start",
+                                         "the teacher's share of acting falls from its start to this floor"),
+}
+
+OPEN_TYPES = {  # keys documented with an empty (null) default: the type they take when set
+    "lamorel_args.llm_configs.main_llm.constructor_kwargs": dict,
+    "lamorel_args.llm_configs.main_llm.lora.target_modules": list,
+    "lamorel_args.llm_configs.main_llm.lora.layers": int,
+    "lamorel_args.llm_configs.main_llm.lora.adapter_path": str,
+    "lamorel_args.distributed_setup_args.llm_processes.main_llm.ddp_kwargs": dict,
+    "rl_script_args.path": str,
+    "wandb.entity": str,
+}
+
+LIST_ITEMS = {  # lists whose items have one type
+    "rl_script_args.instructions": str,
+    "lamorel_args.llm_configs.main_llm.lora.target_modules": str,
+}
+
+DEVICES = "lamorel_args.distributed_setup_args.llm_processes.main_llm.devices_per_process"
 
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -67,7 +105,8 @@ RESUMABLE_CHANGES = (  # how long a run goes, where it runs and how it is shown,
     "lamorel_args.distributed_setup_args.multinode_args.",  # a requeued SLURM job lands on other nodes
 )
 
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "a mapping ({key: value})"}
 
 
 class UsageError(Exception):
@@ -76,7 +115,8 @@ class UsageError(Exception):
 
 def check_config(config: DictConfig):
     """Rejects bad input before anything is created, with one clear line (UsageError). Replaces
-    the LLM's model name by the path it resolves to (what config.yaml records)."""
+    the LLM's model name by the path it resolves to (what config.yaml records). What the output
+    directory already holds is checked next, by bidir.run_files.check_resumable."""
     from bidir.envs import instruction_actions, make_text_env
     from bidir.llm import under_lamorel_launcher
     from bidir.methods import get_method
@@ -103,6 +143,10 @@ def check_config(config: DictConfig):
         raise UsageError(f"rl_script_args.steps_per_iteration ({args.steps_per_iteration}) must be a multiple of "
                          f"rl_script_args.n_envs ({args.n_envs})")
     check_writable(Path(args.output_dir))
+    adapter = config.lamorel_args.llm_configs.main_llm.lora.adapter_path
+    if adapter is not None and not Path(adapter).is_dir():
+        raise UsageError(f"lamorel_args.llm_configs.main_llm.lora.adapter_path: {adapter} is not a directory; give "
+                         f"an adapter saved by `bidir-teacher pretrain --lora`, or leave it empty")
     if method.teacher or under_lamorel_launcher():  # the launcher starts LLM servers whatever the method
         llm = config.lamorel_args.llm_configs.main_llm
         try:
@@ -120,7 +164,6 @@ def check_config(config: DictConfig):
                              f"({llm.model_path} has none); use prompt_format=glam") from None
     if config.wandb.mode == "online":
         check_wandb_login()
-    check_resumable(config)
 
 
 def check_types(config: DictConfig):
@@ -128,13 +171,15 @@ def check_types(config: DictConfig):
     defaults = _documented_defaults()
     for key, value in _leaves(OmegaConf.to_container(config, resolve=True)).items():
         default = defaults.get(key)
-        if default is None:  # undocumented here, or open (null default)
+        if default is None and (key not in OPEN_TYPES or value is None):  # undocumented here, or left empty
             continue
-        expected = type(default)
+        expected = type(default) if default is not None else OPEN_TYPES[key]
         if not _has_type(value, expected):
             hint = f"; write lists as '{key}=[a,b]'" if expected is list else ""
             raise UsageError(f"{key} must be {_TYPE_NAMES[expected]} (default: {_show(default)}), "
                              f"got {_show(value)}{hint}")
+        if key in LIST_ITEMS and not all(_has_type(item, LIST_ITEMS[key]) for item in value):
+            raise UsageError(f"{key} must be a list of {_TYPE_NAMES[LIST_ITEMS[key]].split()[-1]}s, got {_show(value)}")
 
 
 def check_ranges(config: DictConfig):
@@ -144,7 +189,7 @@ def check_ranges(config: DictConfig):
             raise UsageError(f"{key} must be a finite number, got {value}")
     for key, choices in choices_of_keys().items():
         value = OmegaConf.select(config, key)
-        if value not in choices:
+        if value is not None and value not in choices:  # None: a config without the key (types check the rest)
             raise UsageError(f"{key} must be one of {', '.join(choices)}, got {_show(value)}")
     for key, (low, high) in RANGES.items():
         value = OmegaConf.select(config, key)
@@ -152,6 +197,23 @@ def check_ranges(config: DictConfig):
             continue
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise UsageError(f"{key} must be {bound}, got {value}")
+    for key, (limit, why) in AT_MOST.items():
+        value, most = OmegaConf.select(config, key), OmegaConf.select(config, limit)
+        if value is not None and most is not None and value > most:
+            raise UsageError(f"{key} ({value}) must be at most {limit} ({most}): {why}")
+    device = OmegaConf.select(config, "rl_script_args.device")
+    if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise UsageError(f"rl_script_args.device must be cpu, cuda, cuda:N or mps, got {_show(device)}")
+    devices = OmegaConf.select(config, DEVICES)
+    gpu = lambda d: isinstance(d, int) and not isinstance(d, bool) and d >= 0  # noqa: E731
+    if devices is not None and not all(d == "cpu" or gpu(d) or (isinstance(d, (list, ListConfig)) and d
+                                                                and all(map(gpu, d))) for d in devices):
+        raise UsageError(f"{DEVICES} must list, per LLM process, cpu or its GPU ids, e.g. [cpu] or [[0], [1]]; "
+                         f"got {_show(OmegaConf.to_object(devices))}")
+    processes = OmegaConf.select(config, "lamorel_args.distributed_setup_args.llm_processes.main_llm.n_processes")
+    if devices is not None and processes is not None and len(devices) < processes:  # one entry per process
+        raise UsageError(f"{DEVICES} lists {len(devices)} LLM process(es) but lamorel_args.distributed_setup_args."
+                         f"llm_processes.main_llm.n_processes is {processes}: set the two together")
 
 
 def choices_of_keys() -> dict[str, tuple]:
@@ -163,7 +225,11 @@ def choices_of_keys() -> dict[str, tuple]:
     return {"wandb.mode": WANDB_MODES, "rl_script_args.prompt_format": PROMPT_FORMATS,
             "rl_script_args.teacher_ppo_rows": TEACHER_PPO_ROWS,
             "rl_script_args.teacher_advantage": TEACHER_ADVANTAGES,
-            "lamorel_args.llm_configs.main_llm.candidate_scoring": CANDIDATE_SCORINGS}
+            "lamorel_args.llm_configs.main_llm.candidate_scoring": CANDIDATE_SCORINGS,
+            "lamorel_args.llm_configs.main_llm.model_type": ("seq2seq", "causal"),
+            "lamorel_args.llm_configs.main_llm.handler": ("hf_llm",),
+            "lamorel_args.log_level": ("debug", "info", "warning", "error", "critical"),
+            "lamorel_args.distributed_setup_args.backend": ("gloo", "nccl")}
 
 
 def check_writable(output_dir: Path):
@@ -187,33 +253,6 @@ def check_wandb_login():
                          "WANDB_API_KEY, or log offline with wandb.mode=offline (then `wandb sync`)")
 
 
-def check_resumable(config: DictConfig):
-    """A run directory with checkpoints is resumed only with the configuration it was made with,
-    apart from RESUMABLE_CHANGES: anything else would mix two experiments under one label."""
-    output_dir = Path(config.rl_script_args.output_dir)
-    saved_path = output_dir / "config.yaml"
-    if not saved_path.exists() or not any((output_dir / "checkpoints").glob("iter_*[0-9]")):
-        return
-    try:
-        saved = _leaves(OmegaConf.to_container(with_documented_defaults(OmegaConf.load(saved_path)),
-                                               resolve=True))
-    except Exception as error:  # noqa: BLE001 - yaml and omegaconf raise many kinds
-        raise UsageError(f"cannot resume {output_dir}: its config.yaml does not parse ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0]}); restore that file or choose a new "
-                         f"rl_script_args.output_dir") from None
-    new = _leaves(OmegaConf.to_container(config, resolve=True))
-    if saved.get(MODEL_PATH) != new.get(MODEL_PATH):  # a method without a teacher records the name unresolved
-        saved[MODEL_PATH], new[MODEL_PATH] = _resolved(saved.get(MODEL_PATH)), _resolved(new.get(MODEL_PATH))
-    missing = object()
-    differences = [f"{key} ({_show(saved.get(key, missing))} there, {_show(new.get(key, missing))} here)"
-                   for key in sorted(saved.keys() | new.keys())
-                   if not key.startswith(RESUMABLE_CHANGES) and not _same(saved.get(key, missing), new.get(key, missing))]
-    if differences:
-        raise UsageError(f"output_dir {output_dir} holds a run with another configuration: "
-                         f"{'; '.join(differences)}. Resume it with its own values ({saved_path}) or choose "
-                         f"a new rl_script_args.output_dir")
-
-
 def with_documented_defaults(saved: DictConfig) -> DictConfig:
     """A run's saved configuration with every documented key it lacks set to its default: a key
     added since the run was made stands at what the run did (new keys default to the old behaviour)."""
@@ -232,11 +271,6 @@ def _documented_defaults() -> dict:
     return _leaves(OmegaConf.to_container(documented, resolve=True))
 
 
-def _same(a, b) -> bool:
-    """Config values are equal (NaN equals NaN: a value is the same setting as itself)."""
-    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
-
-
 def at_least(low: int):
     """An argparse type: an integer >= `low`, else one line saying so."""
     def parse(text: str) -> int:
@@ -253,15 +287,6 @@ def at_least(low: int):
 
 positive_int = at_least(1)
 non_negative_int = at_least(0)
-
-
-def _resolved(model_path):
-    """The path a model name resolves to; the name itself if it does not resolve."""
-    from bidir.models import resolve_model_path
-    try:
-        return resolve_model_path(model_path)
-    except (ValueError, OSError, TypeError):
-        return model_path
 
 
 def _has_type(value, expected: type) -> bool:
@@ -288,6 +313,8 @@ def _show(value) -> str:
     """A value as it is written in an override."""
     if isinstance(value, bool):
         return str(value).lower()
+    if value is None:
+        return "null"
     if isinstance(value, str):
         return repr(value)
     if isinstance(value, list):
@@ -305,8 +332,12 @@ def check_override_keys(overrides: list[str]):
     known = set(_leaves(OmegaConf.to_container(OmegaConf.load(DEFAULTS))))
     known |= {key.rsplit(".", 1)[0] for key in known}  # a whole node (`...lora={...}`) is a key too
     known.add("setting")
+    settings = sorted(path.stem for path in (DEFAULTS.parent / "setting").glob("*.yaml"))
     for override in overrides:
         key = override.split("=", 1)[0]
+        if key == "setting" and override.split("=", 1)[1] not in settings:  # else hydra's block of lines
+            raise UsageError(f"unknown setting {override.split('=', 1)[1]!r}; choose one of {', '.join(settings)} "
+                             f"(bidir/conf/setting/)")
         if "=" not in override or key.startswith(("+", "~", "hydra.", "-")) or key in known:
             continue
         by_name = sorted(k for k in known if k.endswith("." + key))
@@ -347,3 +378,4 @@ def quiet_libraries():
     os.environ.setdefault("WANDB_SILENT", "true")
     # peft (0.21) reads this deprecated transformers property on every LoRA model it wraps
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+

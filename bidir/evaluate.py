@@ -13,16 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from bidir import checkpoint
-from bidir.checks import non_negative_int, positive_int, quiet_libraries, with_documented_defaults
+from bidir.checks import non_negative_int, positive_int, quiet_libraries
 from bidir.envs import MIX_SEPARATOR, TextVecEnv
 from bidir.methods import get_method
 from bidir.metrics import Phases
 from bidir.prompts import PromptHistory, build_prompt
 from bidir.rollout import Acting, Runner, summarize_episodes
+from bidir.run_files import open_run, output_file_problem
 from bidir.student import Student
 from bidir.teacher import start_teacher
 
@@ -122,21 +122,9 @@ def format_table(results: dict) -> str:
 
 
 def load_run(path: Path):
-    """(config, checkpoint dir) for a run directory or one of its checkpoint directories."""
-    path = Path(path)
-    if (path / checkpoint.TRAINER_FILE).exists():
-        latest, run_dir = path, path.parent.parent
-    else:
-        run_dir, latest = path, checkpoint.find(path)
-    if not (run_dir / "config.yaml").exists():
-        raise ValueError(f"{run_dir} is not a bidir run directory (no config.yaml)")
-    if latest is None:
-        raise ValueError(f"{run_dir} has no readable checkpoint")
-    try:
-        config = OmegaConf.load(run_dir / "config.yaml")
-    except Exception as error:  # noqa: BLE001 - yaml and omegaconf raise many kinds
-        raise ValueError(f"{run_dir / 'config.yaml'} does not parse ({type(error).__name__})") from None
-    return with_documented_defaults(config), latest
+    """(config, checkpoint dir) for a run directory or one of its checkpoint directories, each
+    checked (bidir.run_files.open_run): a ValueError line otherwise."""
+    return open_run(path)
 
 
 def restore(config, saved: Path):
@@ -169,8 +157,8 @@ def main(argv=None):
     except ValueError as error:
         parser.exit(2, f"bidir-eval: error: {error}\n")
     out = options.json or saved.parent.parent / f"eval_{saved.name}_seed{options.seed}.json"
-    if not out.parent.is_dir():
-        parser.exit(2, f"bidir-eval: error: --json {out}: {out.parent} is not a directory\n")
+    if problem := output_file_problem(out):
+        parser.exit(2, f"bidir-eval: error: --json {out}: {problem}; choose another --json\n")
     student, teacher = restore(config, saved)
     results = evaluate_all(config.rl_script_args.method, config.rl_script_args, student, teacher,
                            options.episodes, options.seed)

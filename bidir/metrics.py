@@ -9,6 +9,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from bidir.run_files import keep_aside
+
 FIRST_COLUMNS = ("iteration", "frames", "success_rate", "return_mean", "episode_length_mean", "episodes",
                  "wall_time_s")
 """The columns every run has, first; the others are what the updates of the run's method return."""
@@ -35,16 +37,21 @@ class Phases:
 class MetricsLog:
     """metrics.csv and the W&B run. Columns are those of the first row written (FIRST_COLUMNS,
     then the rest in the order the row has them); a resumed run keeps its file's columns and
-    drops the rows past its checkpoint."""
+    the rows up to its checkpoint (the file as it was is kept aside when it had more)."""
 
     def __init__(self, config, iteration: int, wandb_id: str | None):
         self.path = Path(config.rl_script_args.output_dir) / "metrics.csv"
         self.columns, rows = None, []
         if self.path.exists() and iteration > 0:
-            with self.path.open() as f:
+            with self.path.open(newline="") as f:
                 reader = csv.DictReader(f)
                 self.columns = reader.fieldnames
-                rows = [r for r in reader if int(r["iteration"]) <= iteration]
+                rows = list(reader)
+            # rows 1..iteration (checked by run_files.check_run_dir); any past the checkpoint (a kill
+            # before it was written) are recomputed, and the file that had them is kept aside
+            if len(rows) > iteration:
+                keep_aside(self.path)
+            rows = rows[:iteration]
         with self.path.open("w", newline="") as f:
             if self.columns:
                 writer = csv.DictWriter(f, self.columns)

@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 
 from bidir.compare import final_mean, frames_to_return, smooth  # noqa: E402
 from bidir.evaluate import evaluate, evaluate_all, format_table  # noqa: E402
+from bidir.run_files import keep_aside  # noqa: E402
 
 LAST = 5
 """Iterations a run's final figures average over (bidir-compare's --last default)."""
@@ -104,8 +105,9 @@ def finish_run(config, trainer, latest_checkpoint) -> dict:
         if trainer.student:
             trainer.student.eval()
         results = evaluate_all(args.method, args, trainer.student, trainer.teacher, args.eval_episodes)
-        (out / "eval.json").write_text(json.dumps({"checkpoint": str(latest_checkpoint), "results": results},
-                                                  indent=2))
+        text = json.dumps({"checkpoint": str(latest_checkpoint), "results": results}, indent=2)
+        keep_aside(out / "eval.json", unless_text=text)  # an earlier final evaluation (a run extended) stays
+        (out / "eval.json").write_text(text)
     print(f"\n{args.method} on {args.env_id}: {trainer.iteration} iterations, {trainer.frames} frames, "
           f"{trainer.wall_time:.0f} s")
     headline = {}

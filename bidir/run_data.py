@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
 import re
 from pathlib import Path
 
 import numpy as np
-import yaml
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+
+from bidir.run_files import read_config, read_evaluation
 
 from bidir.run_groups import experiment_keys, group_runs
 
@@ -83,13 +82,11 @@ def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
     for path in paths:
         if not (path / "metrics.csv").exists() or not (path / "config.yaml").exists():
             continue
-        try:
-            config = OmegaConf.load(path / "config.yaml")
-            method, seed = str(config.rl_script_args.method), int(config.rl_script_args.seed)
-            threshold = float(config.rl_script_args.get("return_threshold", THRESHOLD_BEFORE_THE_KEY))
-            experiment = experiment_keys(OmegaConf.to_container(config, resolve=True))
-        except (OSError, ValueError, TypeError, yaml.YAMLError, OmegaConfBaseException) as error:
-            raise _bad_file(path / "config.yaml", f"is not a run's configuration ({error})") from None
+        config = read_config(path / "config.yaml")  # checked as a run's: one line naming the file and the key
+        method, seed = str(config.rl_script_args.method), int(config.rl_script_args.seed)
+        as_saved = OmegaConf.load(path / "config.yaml").rl_script_args  # without the keys added since
+        threshold = float(as_saved.get("return_threshold", THRESHOLD_BEFORE_THE_KEY))
+        experiment = experiment_keys(OmegaConf.to_container(config, resolve=True))
         rows = _read_metrics(path / "metrics.csv")
         if not rows:
             continue
@@ -97,10 +94,7 @@ def load_runs(patterns: list[str]) -> dict[str, list[dict]]:
         evaluation = {}
         for name in ("eval_start.json", "eval.json"):  # the teacher before training, then the final figures
             if (path / name).exists():
-                try:
-                    evaluation.update(json.loads((path / name).read_text())["results"])
-                except (OSError, ValueError, KeyError, TypeError) as error:
-                    raise _bad_file(path / name, f"is not an evaluation ({error!r})") from None
+                evaluation.update(read_evaluation(path / name))  # checked: one line naming the file and field
         runs.append({
             "name": group_name(path, method), "experiment": experiment, "path": str(path), "seed": seed, "frames": column("frames"),
             "return": column("return_mean"), "success": column("success_rate"), "episodes": column("episodes"),

@@ -39,8 +39,8 @@ def start_teacher(config, method: Method, checkpoint: Path | None = None) -> Tea
         caller.close()
         return None
     teacher = Teacher(caller, list(args.instructions), configured_prompt_builder(config))
-    if checkpoint and (checkpoint / TEACHER_CHECKPOINT).exists():
-        teacher.load(checkpoint / TEACHER_CHECKPOINT)
+    if checkpoint and method.teacher_learns:  # its checkpoint holds it (checkpoint.find): never a fresh one
+        teacher.load(checkpoint / TEACHER_CHECKPOINT)  # beside a trained student
     return teacher
 
 

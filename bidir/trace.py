@@ -28,6 +28,7 @@ from bidir.metrics import Phases
 from bidir.ppo import gae
 from bidir.prompts import PromptHistory, build_prompt
 from bidir.rollout import Acting, Rollout, Runner
+from bidir.run_files import output_file_problem
 
 TRACE_MODES = ("training", *MODES)
 """`training`: as the run acts at the checkpoint (the teacher's share of acting at its iteration,
@@ -185,8 +186,9 @@ def main(argv=None):
         parser.exit(2, f"bidir-trace: error: --mode {options.mode} does not apply to {method_name}; choose one of "
                        f"training, {', '.join(modes_for(method_name))}\n")
     out = options.out or saved.parent.parent / f"trace_{saved.name}_seed{options.seed}_{options.mode}"
-    if not out.parent.is_dir():
-        parser.exit(2, f"bidir-trace: error: --out {out}: {out.parent} is not a directory\n")
+    for path in (Path(f"{out}.txt"), Path(f"{out}.gif")):  # both, before the episode is played
+        if problem := output_file_problem(path):
+            parser.exit(2, f"bidir-trace: error: --out {out}: {problem}; choose another --out\n")
     student, teacher = restore(config, saved)
     iteration = int(saved.name.rsplit("_", 1)[-1])
     mission, steps, frames, episode = trace_episode(config, student, teacher, options.mode, options.seed, iteration)

@@ -38,6 +38,7 @@ from bidir.ppo import anneal, gae
 from bidir.prompts import PromptHistory, build_prompt
 from bidir.report import evaluate_teacher_at_start, finish_run
 from bidir.rollout import Acting, Rollout, Runner, collect, summarize_episodes
+from bidir.run_files import check_resumable, save_config
 from bidir.student import Student, StudentPPOSettings, training_batch, update_student
 from bidir.teacher import start_teacher
 
@@ -168,15 +169,16 @@ def train(config: DictConfig) -> Path:
     """Runs (or resumes) the configured training; returns the output directory."""
     args = config.rl_script_args
     check_config(config)
+    check_resumable(config)  # what output_dir holds: resumed only with nothing lost
     method = get_method(args.method)
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    latest = checkpoint.find(output_dir)
+    latest = checkpoint.find(output_dir, method.teacher_learns)
     teacher = start_teacher(config, method, latest)
     trainer = Trainer(config, method, teacher, checkpoint.load(latest) if latest else None)
-    OmegaConf.save(config, output_dir / "config.yaml", resolve=True)
+    save_config(config, output_dir / "config.yaml")
     metrics = MetricsLog(config, trainer.iteration, trainer.wandb_id)
     trainer.wandb_id = metrics.wandb_id
     if latest:
@@ -194,7 +196,7 @@ def train(config: DictConfig) -> Path:
             print(f"bidir: stopped by {signal.Signals(stop.received).name} at iteration {trainer.iteration} "
                   f"(checkpointed); rerun the same command to resume {output_dir}", file=sys.stderr)
             sys.exit(INTERRUPTED_EXIT_CODE if stop.received == signal.SIGINT else PREEMPTED_EXIT_CODE)
-        metrics.summarize(finish_run(config, trainer, checkpoint.find(output_dir)))
+        metrics.summarize(finish_run(config, trainer, checkpoint.find(output_dir, method.teacher_learns)))
     finally:
         metrics.close()
         if teacher:

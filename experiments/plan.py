@@ -38,6 +38,7 @@ import yaml
 
 from bidir.checks import positive_int
 from bidir.methods import METHODS
+from bidir.run_files import load_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_GRID = REPO / "experiments" / "paper" / "grid.yaml"
@@ -76,7 +77,7 @@ def load_grid(path: Path = DEFAULT_GRID) -> dict:
         path = path / "grid.yaml"
     try:
         with open(path) as f:
-            grid = yaml.safe_load(f)
+            grid = load_yaml(f)  # a key written twice is an error, not a variant dropped
     except OSError as error:
         raise GridError(f"--grid {path}: {error.strerror}; give an experiment file such as "
                         f"experiments/paper/grid.yaml") from None
@@ -213,11 +214,14 @@ def check_run_config(run: Run, setting: str, launcher: str = "python", overrides
     from omegaconf.errors import OmegaConfBaseException
 
     from bidir.checks import UsageError, check_config, check_override_keys
+    from bidir.run_files import check_resumable
     config_dir, config_name, hydra_overrides = trainer_config(run, setting, launcher, overrides, rendezvous)
     try:
         check_override_keys(hydra_overrides)
         with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-            check_config(compose(config_name, overrides=hydra_overrides))
+            config = compose(config_name, overrides=hydra_overrides)
+            check_config(config)
+            check_resumable(config)  # a run to resume: its own configuration, nothing lost
     except (UsageError, HydraException, OmegaConfBaseException) as error:
         raise GridError(str(error).splitlines()[0]) from None
 

@@ -29,9 +29,9 @@ from minigrid.utils.baby_ai_bot import BabyAIBot
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from bidir.checks import quiet_libraries
+from bidir.checks import positive_int, quiet_libraries
 from bidir.compare import mean_ci
-from bidir.envs import INSTRUCTIONS, TextVecEnv, instruction_actions
+from bidir.envs import INSTRUCTIONS, TextVecEnv, instruction_actions, make_text_env
 from bidir.evaluate import EVAL_SEED_BASE, play_episodes
 from bidir.models import resolve_model_path
 from bidir.prompts import PROMPT_FORMATS, build_prompt, prompt_builder
@@ -171,13 +171,19 @@ def main():
     parser.add_argument("--model", help="the causal LLM's directory (SmolLM2-135M-Instruct)")
     parser.add_argument("--formats", nargs="*", default=list(PROMPT_FORMATS), choices=PROMPT_FORMATS)
     parser.add_argument("--references", action="store_true", help="also run uniform, tiny-t5-bc and the bot")
-    parser.add_argument("--chunks", type=int, default=2)
-    parser.add_argument("--chunk-episodes", type=int, default=10)
+    parser.add_argument("--chunks", type=positive_int, default=2)
+    parser.add_argument("--chunk-episodes", type=positive_int, default=10)
     parser.add_argument("--first-seed", type=int, default=1001, help="tuning seeds only: keep above 1000")
     parser.add_argument("--out", type=Path, default=Path("experiments/prompting"))
     parser.add_argument("--table", action="store_true", help="only recompute the table")
     parser.add_argument("--env-id", default=ENV_ID, help="the level, or a mix (default: %(default)s)")
     options = parser.parse_args()
+    try:  # bad input: one line and exit 2, before any folder is made
+        make_text_env(options.env_id).close()
+    except ValueError as error:
+        parser.error(f"--env-id: {error}")
+    if not options.table and options.formats and not options.model:
+        parser.error("--model is required to play the formats (or give --formats with none, or --table)")
     torch.set_num_threads(1)  # small models gain nothing from more; the machine is shared
     quiet_libraries()
     (options.out / "episodes").mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,11 @@ def main(argv=None) -> int:
         parser.exit(2, f"recompute.py: error: no study with per-run data (runs/) under {options.root}\n")
     differing = []
     for study in found:
-        for name, text in tables(study).items():
+        try:
+            texts = tables(study)
+        except ValueError as error:  # no runs in runs/, or a run file that cannot be read: one line, nothing written
+            parser.exit(2, f"recompute.py: error: {study}: {error}\n")
+        for name, text in texts.items():
             path = study / name
             if options.check:
                 if not path.exists() or path.read_text() != text:

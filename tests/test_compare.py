@@ -247,10 +247,20 @@ def rewrite(path, text):
     (lambda run: rewrite(run / "metrics.csv", (run / "metrics.csv").read_text().replace(",0.2,", ",abc,")), [],
      "{run}/metrics.csv: line 3 is not numeric in frames, return_mean, success_rate, episodes, wall_time_s"),
     (lambda run: rewrite(run / "config.yaml", "rl_script_args: {method: [glam\n"), [],
-     "{run}/config.yaml: is not a run's configuration ("),
+     "{run}/config.yaml does not parse (while parsing a flow sequence in \"config.yaml\", line 1, column 26 expected "
+     "',' or ']', but got '<stream end>' in \"config.yaml\", line 2, column 1); restore it from a copy"),
     (lambda run: rewrite(run / "config.yaml", "wandb: {mode: offline}\n"), [],
-     "{run}/config.yaml: is not a run's configuration (Missing key rl_script_args"),
-    (lambda run: (run / "eval.json").write_text('{"results": '), [], "{run}/eval.json: is not an evaluation ("),
+     "{run}/config.yaml is not a run's configuration (no rl_script_args); restore it from a copy"),
+    (lambda run: rewrite(run / "config.yaml", (run / "config.yaml").read_text().replace("seed: 1", "seed: abc")), [],
+     "{run}/config.yaml: rl_script_args.seed must be an integer (default: 1), got 'abc'; restore it from a copy"),
+    (lambda run: rewrite(run / "config.yaml", (run / "config.yaml").read_text() + "rl_script_args: {seed: 2}\n"), [],
+     "{run}/config.yaml does not parse (key 'rl_script_args' is written twice in \"config.yaml\", line 4, column 1); "
+     "restore it from a copy"),
+    (lambda run: (run / "eval.json").write_text('{"results": '), [],
+     "{run}/eval.json is not JSON (Expecting value: line 1 column 13 (char 12)); restore it from a copy or delete it"),
+    (lambda run: (run / "eval.json").write_text('{"results": {"student_alone": {"success_rate": "high"}}}'), [],
+     "{run}/eval.json: results.student_alone.success_rate must be a number, got 'high'; restore it from a copy or "
+     "delete it"),
     (lambda run: write_run(run.parent / "s2", "glam", 2, [0.1, 0.2, 0.3], return_threshold=0.5), [],
      "the runs use different return thresholds (0.5, 0.8): compare runs of one level"),
 ])

@@ -159,6 +159,9 @@ BAD_INPUT = {
     "grid file missing": (None, ["--grid", "{tmp}/nope.yaml"],
                           "--grid {tmp}/nope.yaml: No such file or directory; give an experiment file"),
     "grid not YAML": ("methods: [bidir\n", [], "--grid {tmp}/grid.yaml is not valid YAML: while parsing"),
+    "key written twice": ("methods: [bidir]\nvariants:\n  a: {method: bidir}\n  a: {method: glam}\n", [],
+                          "--grid {tmp}/grid.yaml is not valid YAML: key 'a' is written twice in \"{tmp}/grid.yaml\", "
+                          "line 4, column 3"),
     "grid not a mapping": ("[bidir, glam]\n", [], "{tmp}/grid.yaml: expected a mapping with the keys name, methods"),
     "unknown key": (dict(seed=[1]), [], "{tmp}/grid.yaml: unknown key 'seed'; the keys are name, methods"),
     "missing key": (dict(budgets=None), [], "{tmp}/grid.yaml: missing key 'budgets'"),
@@ -208,12 +211,15 @@ def test_check_of_a_multinode_restart_accepts_the_runs_own_config(tmp_path):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from bidir import checkpoint
+
     run = plan.Run("student", 1, 40, "default", tmp_path)
     config_dir, name, overrides = plan.trainer_config(run, "offline", "multi_node", [],
                                                       plan.Rendezvous(2, "n1:25001", 7000))
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         config = compose(name, overrides=overrides)
-    (run.output_dir / "checkpoints" / "iter_000001").mkdir(parents=True)
+    checkpoint.save(run.output_dir, 1, {"iteration": 1})  # a run one iteration in, as far as --check reads it
+    (run.output_dir / "metrics.csv").write_text("iteration\n1\n")
     OmegaConf.save(config, run.output_dir / "config.yaml", resolve=True)
     common = ["--method", "student", "--setting", "offline", "--launcher", "multi_node", "--nnodes", 2,
               "--rdzv-endpoint", "n1:25001", "--rdzv-id", 7001, "--output-root", tmp_path, "--check"]

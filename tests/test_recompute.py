@@ -37,6 +37,16 @@ def test_no_study_is_an_error(tmp_path):
     assert exit_.value.code == 2
 
 
+def test_a_study_without_runs_is_one_line_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "study" / "runs").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_:
+        recompute.main(["--root", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (f"recompute.py: error: {tmp_path / 'study'}: no run directories (with "
+                                       f"config.yaml and metrics.csv) in {tmp_path / 'study' / 'runs' / '*' / 'seed*'}\n")
+    assert [p.name for p in (tmp_path / "study").iterdir()] == ["runs"]
+
+
 def test_a_changed_episode_is_caught(tmp_path, capsys):
     study = next(s for s in recompute.studies() if (s / "episodes" / "uniform_seed1001.json").exists())
     copy = tmp_path / study.name
