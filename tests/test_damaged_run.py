@@ -77,9 +77,8 @@ def damage(path, how):
 
 REFUSED = {  # (file, damage): the error line; {out} is the run
     ("config.yaml", "delete"): f"cannot resume {{out}}: its config.yaml is missing (checkpoint iter_000002); {FIX}",
-    ("config.yaml", "truncate"): "cannot resume {out}: its config.yaml does not parse (while scanning a simple key in "
-                                 "\"config.yaml\", line 50, column 3 could not find expected ':' in "
-                                 "\"config.yaml\", line 50, column 4); restore it from a copy, or choose a new "
+    ("config.yaml", "truncate"): "cannot resume {out}: its config.yaml: rl_script_args.instructions must be a list "
+                                 "of strings, got [None]; restore it from a copy, or choose a new "
                                  "rl_script_args.output_dir",
     ("config.yaml", "corrupt"): "cannot resume {out}: its config.yaml: rl_script_args.n_envs must be an integer "
                                 "(default: 8), got 'two'; restore it from a copy, or choose a new "
