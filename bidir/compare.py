@@ -12,7 +12,8 @@ the frames each run needed to reach its level's return threshold (`rl_script_arg
 0.8 unless set; one value across the runs compared) and a success rate of 0.9 (curves smoothed over
 `--smooth` iterations).
 Writes results.md, results.json and comparison.png (mean ± CI against frames; no interval for a
-method with one run, and a method whose runs are no longer than the window drawn unsmoothed), and
+method with one run, and a method whose runs are no longer than the window drawn unsmoothed; the
+BabyAI bot and uniform instructions as reference returns where the runs' level was measured), and
 agents.md, each agent's held-out return during training, where the runs evaluated it, and
 levels.md, the final held-out return on each level, where the runs were evaluated on a mix.
 """
