@@ -19,7 +19,7 @@ setup(
         "numpy",
         "wandb>=0.31",  # wandb.login(prompt=False): a credentials check without a prompt
         "tqdm",
-        "matplotlib",
+        "matplotlib>=3.7",  # a figure legend placed "outside" the panels (bidir.compare.legend_below)
         "tokenizers",
         "safetensors",
     ],

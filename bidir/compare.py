@@ -12,7 +12,8 @@ the frames each run needed to reach its level's return threshold (`rl_script_arg
 0.8 unless set; one value across the runs compared) and a success rate of 0.9 (curves smoothed over
 `--smooth` iterations).
 Writes results.md, results.json and comparison.png (mean ± CI against frames; no interval for a
-method with one run, and a method whose runs are no longer than the window drawn unsmoothed), and
+method with one run, and a method whose runs are no longer than the window drawn unsmoothed; the
+BabyAI bot and uniform instructions as reference returns where the runs' level was measured), and
 agents.md, each agent's held-out return during training, where the runs evaluated it, and
 levels.md, the final held-out return on each level, where the runs were evaluated on a mix.
 """
@@ -37,6 +38,42 @@ from bidir.run_data import AGENTS, ENTROPIES, load_runs, load_wandb_runs, return
 # Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom; 1.96 beyond.
 T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
 METHOD_ORDER = ["bidir", "t2s", "glam", "student"]
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+REFERENCE_TABLES = {"BabyAI-GoToRedBallNoDists-v0": EXPERIMENTS / "prompting" / "table.json"}
+"""Where a level's reference returns were measured: experiments/prompting/ for the first level, else
+experiments/level-references/<level>/ (`level_references`)."""
+REFERENCES = {"bot": ("BabyAI bot", ":"), "uniform": ("uniform instructions", "-.")}
+"""The references drawn on the curves (a row of those tables: label, line style): what solving the
+level looks like, and what an instruction drawn at random already gets."""
+
+
+def level_references(env_id: str | None) -> dict[str, float]:
+    """The committed mean returns of REFERENCES on level `env_id` (a mix too), by label: the BabyAI bot
+    and uniform instructions acting alone (prompting.py --references); empty for a level without a
+    committed table (or a copy of bidir without experiments/), so that nothing unmeasured is drawn."""
+    path = REFERENCE_TABLES.get(env_id) or EXPERIMENTS / "level-references" / str(env_id) / "table.json"
+    if env_id is None or not path.is_file():
+        return {}
+    table = json.loads(path.read_text())
+    return {label: table[key]["return_mean"] for key, (label, _) in REFERENCES.items() if key in table}
+
+
+def draw_references(ax, references: dict[str, float]):
+    """`references` (label -> return) as labelled horizontal lines on `ax`."""
+    styles = {label: style for label, style in REFERENCES.values()}
+    for label, value in references.items():
+        ax.axhline(value, linestyle=styles[label], color="black", linewidth=1, label=f"{label} ({value:.3f})")
+
+
+def legend_below(fig, axes):
+    """One legend of every labelled line of `axes` (each label once), under the panels of `fig` (made
+    with layout="constrained"): outside every data area, where it cannot hide a curve."""
+    entries = {}
+    for ax in axes:
+        handles, labels = ax.get_legend_handles_labels()
+        entries |= {label: handle for handle, label in zip(handles, labels) if label not in entries}
+    fig.legend(entries.values(), entries.keys(), loc="outside lower center", ncol=min(len(entries), 4), fontsize=8)
 
 
 def in_order(runs: dict) -> list[str]:
@@ -188,9 +225,13 @@ def curves_figure(runs: dict[str, list[dict]], window: int = 5, title: str = "")
     """Mean ± 95% CI of the smoothed return and success curves per method, against frames; a method
     whose shortest run is no longer than `window` is drawn unsmoothed, with a marker per iteration.
     Where runs evaluated each agent during training, a third panel has each agent's own held-out
-    return (teacher alone solid, from the teacher before training at frame 0; student alone dashed)."""
+    return (teacher alone solid, from the teacher before training at frame 0; student alone dashed).
+    Where all runs are of one level, the returns have that level's `level_references`; one legend
+    lies under the panels."""
     agents = any(r.get("agents") for group in runs.values() for r in group)
-    fig, axes = plt.subplots(1, 3 if agents else 2, figsize=(16 if agents else 11, 4))
+    levels = {r["experiment"].get("rl_script_args.env_id") for group in runs.values() for r in group}
+    references = level_references(levels.pop()) if len(levels) == 1 else {}
+    fig, axes = plt.subplots(1, 3 if agents else 2, figsize=(16 if agents else 11, 5), layout="constrained")
     for method in in_order(runs):
         group = runs[method]
         length = min(len(r["frames"]) for r in group)
@@ -215,13 +256,13 @@ def curves_figure(runs: dict[str, list[dict]], window: int = 5, title: str = "")
         ax.set_ylabel(label)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
+    for ax in axes[::2]:  # the returns: in training, and held-out where evaluated
+        draw_references(ax, references)
     if agents:
         for style, name in zip(("-", "--"), AGENTS.values()):
             axes[2].plot([], [], style, color="grey", label=name)
-        axes[2].legend(loc="lower right", fontsize=8)
-    axes[0].legend()
+    legend_below(fig, axes)
     fig.suptitle(title or default_title(runs))
-    fig.tight_layout()
     return fig
 
 

@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from bidir.compare import final_mean, frames_to_return, smooth  # noqa: E402
+from bidir.compare import (draw_references, final_mean, frames_to_return, legend_below,  # noqa: E402
+                           level_references, smooth)
 from bidir.evaluate import evaluate, evaluate_all, format_table  # noqa: E402
 from bidir.run_files import keep_aside  # noqa: E402
 
@@ -31,21 +32,24 @@ AGENT_CURVES = {"eval_teacher_alone_return": ("teacher alone", "tab:red"),
 """The held-out curves of each agent (rl_script_args.eval_every), as labelled in the plots."""
 
 
-def plot_learning_curve(rows: list[dict], path: Path, title: str, window: int = 5, start: dict | None = None) -> Path:
+def plot_learning_curve(rows: list[dict], path: Path, title: str, window: int = 5, start: dict | None = None,
+                        env_id: str | None = None) -> Path:
     """Training return and success rate against frames (each iteration's value as dots, the
     episode-weighted mean over `window` iterations as a line: few episodes end per iteration), and,
     where the run evaluated them, each agent's own held-out return with the teacher's share of
-    acting (`start`: the teacher alone before training, drawn at frame 0)."""
+    acting (`start`: the teacher alone before training, drawn at frame 0). The returns have the
+    level's references (`level_references` of `env_id`, where measured); one legend lies under the panels."""
     frames, episodes = np.array(_floats(rows, "frames")), np.array(_floats(rows, "episodes"))
     agents = [key for key in AGENT_CURVES if rows and key in rows[0]]
-    fig, axes = plt.subplots(1, 3 if agents else 2, figsize=(15 if agents else 10, 3.6))
+    references = level_references(env_id)
+    fig, axes = plt.subplots(1, 3 if agents else 2, figsize=(15 if agents else 10, 4.4), layout="constrained")
     for ax, key, label, color in zip(axes, ("return_mean", "success_rate"), ("mean return", "success rate"),
                                      ("tab:blue", "tab:green")):
         values = np.array(_floats(rows, key))
         ax.plot(frames, values, ".", color=color, alpha=0.35, label="per iteration")
         ax.plot(frames, smooth(values, episodes, window), color=color, label=f"mean over {window} iterations")
         ax.set_ylabel(f"{label} in training (whoever acted)")
-    axes[0].legend(loc="lower right", fontsize=8)
+    draw_references(axes[0], references)
     if agents:
         ax = axes[2]
         for key in agents:
@@ -58,14 +62,14 @@ def plot_learning_curve(rows: list[dict], path: Path, title: str, window: int = 
             ax.plot(x, y, "o-", color=color, markersize=3, label=label)
         if rows and "teacher_share" in rows[0]:
             ax.plot(frames, _floats(rows, "teacher_share"), "--", color="grey", label="teacher's share of acting")
+        draw_references(ax, references)
         ax.set_ylabel("held-out return of each agent")
-        ax.legend(loc="lower right", fontsize=8)
     for ax in axes:
         ax.set_xlabel("frames")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
+    legend_below(fig, axes)
     fig.suptitle(title)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -99,7 +103,7 @@ def finish_run(config, trainer, latest_checkpoint) -> dict:
     start = json.loads((out / START_EVAL).read_text())["results"]["teacher_at_start"] if (out / START_EVAL).exists() \
         else None
     plot = plot_learning_curve(rows, out / "learning_curve.png", f"{args.method} on {args.env_id} (seed {args.seed})",
-                               start=start)
+                               start=start, env_id=args.env_id)
     results = {}
     if args.eval_episodes > 0:
         if trainer.student:

@@ -209,7 +209,7 @@ def test_runs_no_longer_than_the_window_are_drawn_unsmoothed_and_n_is_in_legend_
     runs = load_runs([str(tmp_path / "*")])
     figure = curves_figure(runs, window=5)
     lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
-    assert list(lines) == ["bidir (n=2)", "glam (n=1, no CI, unsmoothed)", "student (n=1, no CI, unsmoothed)"]
+    assert list(lines)[:3] == ["bidir (n=2)", "glam (n=1, no CI, unsmoothed)", "student (n=1, no CI, unsmoothed)"]
     assert list(lines["glam (n=1, no CI, unsmoothed)"].get_ydata()) == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
     assert list(lines["student (n=1, no CI, unsmoothed)"].get_ydata()) == [0.4]
     assert lines["student (n=1, no CI, unsmoothed)"].get_marker() == "o"  # one point: visible only as a marker
@@ -218,6 +218,62 @@ def test_runs_no_longer_than_the_window_are_drawn_unsmoothed_and_n_is_in_legend_
     assert figure._suptitle.get_text() == "mean ± 95% CI over seeds (no CI where n=1)"
     assert curves_figure({"glam": runs["glam"]})._suptitle.get_text() == "one run per method (no CI)"
     assert curves_figure({"bidir": runs["bidir"]})._suptitle.get_text() == "mean ± 95% CI over seeds"
+
+
+def reference_lines(ax) -> dict:
+    """The horizontal reference lines drawn on a panel: label -> y."""
+    return {line.get_label(): line.get_ydata()[0] for line in ax.lines
+            if line.get_label().startswith(("BabyAI bot", "uniform instructions"))}
+
+
+def legend_outside_every_panel(figure) -> bool:
+    """Whether the figure's one legend lies outside the data area of every panel (and none has its own)."""
+    figure.canvas.draw()
+    legend = figure.legends[0].get_window_extent()
+    return all(not legend.overlaps(ax.get_window_extent()) and ax.get_legend() is None for ax in figure.axes)
+
+
+def test_the_legend_lies_outside_every_panel_and_a_known_level_has_its_references(tmp_path):
+    level = "rl_script_args.env_id="
+    write_run(tmp_path / "bidir" / "seed1", "bidir", 1, [0.1, 0.2, 0.3], eval_teacher_alone_return=[0.2, 0.3, 0.4])
+    write_run(tmp_path / "pickup" / "seed1", "bidir", 1, [0.1, 0.2, 0.3], config=[level + "BabyAI-PickupDist-v0"])
+    write_run(tmp_path / "unknown" / "seed1", "bidir", 1, [0.1, 0.2, 0.3], config=[level + "BabyAI-GoToDoor-v0"])
+
+    def curves(*folders):
+        return curves_figure(load_runs([str(tmp_path / folder / "seed1") for folder in folders]), window=2)
+
+    figure = curves("bidir")
+    assert legend_outside_every_panel(figure)
+    # GoToRedBallNoDists (the default level): experiments/prompting/table.json, on both return panels
+    assert [reference_lines(ax) for ax in figure.axes[::2]] == [
+        {"BabyAI bot (0.928)": pytest.approx(0.928, abs=5e-4),
+         "uniform instructions (0.138)": pytest.approx(0.138, abs=5e-4)}] * 2
+    assert reference_lines(figure.axes[1]) == {}  # success rates: no return reference
+    # a level of experiments/level-references/
+    assert reference_lines(curves("pickup").axes[0]) == {
+        "BabyAI bot (0.916)": pytest.approx(0.916, abs=5e-4),
+        "uniform instructions (0.142)": pytest.approx(0.142, abs=5e-4)}
+    # a level never measured, or runs of two levels: no reference
+    assert reference_lines(curves("unknown").axes[0]) == {}
+    assert reference_lines(curves("pickup", "unknown").axes[0]) == {}
+
+
+def test_a_runs_learning_curve_has_its_levels_references_and_its_legend_below(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from bidir.report import plot_learning_curve
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda figure, path, **_: saved.append(figure))
+    rows = [{"frames": 100 * i, "episodes": 2, "return_mean": 0.1 * i, "success_rate": 0.5,
+             "eval_teacher_alone_return": 0.3 if i in (1, 4) else ""} for i in range(1, 5)]
+    for level in ("BabyAI-PutNextLocal-v0", "BabyAI-GoToDoor-v0"):
+        plot_learning_curve(rows, tmp_path / "curve.png", "a run", window=2, env_id=level)
+    known, unknown = saved
+    for ax in (known.axes[0], known.axes[2]):  # the returns: in training and held out
+        assert reference_lines(ax) == {"BabyAI bot (0.915)": pytest.approx(0.915, abs=5e-4),
+                                       "uniform instructions (0.000)": 0.0}
+    assert not any(reference_lines(ax) for ax in unknown.axes)
+    assert legend_outside_every_panel(known)
 
 
 def test_help_shows_the_defaults():
@@ -308,7 +364,10 @@ def test_each_agents_held_out_curve_is_averaged_over_seeds_from_the_teacher_at_s
             writer.writerows(rows)
         (path / "eval_start.json").write_text('{"results": {"teacher_at_start": {"return_mean": %s}}}' % (teacher - 0.3))
     figure = curves_figure(load_runs([str(tmp_path / "bidir" / "seed*")]), window=2)
-    teacher_line, student_line = [line for line in figure.axes[2].lines if len(line.get_xdata())]
+    teacher_line, student_line = [line for line in figure.axes[2].lines  # not the legend's keys or the references
+                                  if len(line.get_xdata()) and line.get_label().startswith("_")]
+    # each agent's curve has its 95% CI band over the two seeds
+    assert len(figure.axes[2].collections) == 2
     # the teacher from before training (frame 0), then the mean over the two seeds where evaluated
     np.testing.assert_allclose(teacher_line.get_xdata(), [0, 100, 400])
     np.testing.assert_allclose(teacher_line.get_ydata(), [0.3, 0.6, 0.9])
