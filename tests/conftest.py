@@ -21,8 +21,11 @@ def pytest_unconfigure(config):
     shutil.rmtree(_CACHE, ignore_errors=True)
 
 
+_THREADS = torch.get_num_threads()  # before any test: a module-scoped run may set it before a test starts
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads_restored():
-    threads = torch.get_num_threads()
+    torch.set_num_threads(_THREADS)
     yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(_THREADS)
