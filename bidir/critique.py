@@ -18,7 +18,7 @@ weight where the teacher imitates the student.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -83,9 +83,7 @@ class TeacherRows:
         """The rows in a random order (the updater walks minibatches in order)."""
         order = rng.permutation(len(self.prompts))
         return TeacherRows([self.prompts[i] for i in order],
-                           *(getattr(self, name)[order] for name in ("action", "logprob", "value", "advantage",
-                                                                     "returns", "ppo", "imitation", "weight",
-                                                                     "step", "env")))
+                           *(getattr(self, f.name)[order] for f in fields(self)[1:]))  # the arrays after prompts
 
 
 def entropy(probs: np.ndarray) -> np.ndarray:
