@@ -304,6 +304,8 @@ def main():
     """Entry point (`python -m bidir.train`, `bidir-train`, lamorel_launcher's script). `--help`
     shows every key with its documentation and the methods; an unknown key is named with the key
     meant; a config hydra cannot compose exits with 2 like any bad input."""
+    global _composed
+    _composed = False  # a second call in one process (the tests) starts afresh
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
         print(usage())
         sys.exit(0)

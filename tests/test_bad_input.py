@@ -1,27 +1,36 @@
 """Bad input is reported in one clear line, before any heavy work, with exit code 2, and leaves the
 output directory exactly as it was (absent stays absent, a run stays untouched). Every case goes
-through the real command line."""
+through the command line's entry point, in this process (tests/entry.py); the cases that need a
+new interpreter (another environment, the installed script's own exit) start one."""
 import os
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+
+from entry import run_main
 
 TINY = ["rl_script_args.n_envs=2", "rl_script_args.steps_per_iteration=16", "rl_script_args.eval_episodes=0",
         "rl_script_args.eval_every=0", "wandb.mode=disabled"]
 
 
-def run(*command, env=None, timeout=120):
+def run(*command):
+    """`python -m command...` through its entry point in this process: (result, seconds)."""
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, timeout=timeout,
-                            env=env)
+    result = run_main(*command)
     return result, time.monotonic() - started
 
 
-def run_train(output_dir, *overrides, env=None):
-    return run("bidir.train", f"rl_script_args.output_dir={output_dir}", *TINY, *overrides, env=env)
+def run_in_new_interpreter(*command, env=None):
+    """`python -m command...` in a new interpreter (its environment `env`)."""
+    return subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, timeout=120, env=env)
+
+
+def run_train(output_dir, *overrides):
+    return run("bidir.train", f"rl_script_args.output_dir={output_dir}", *TINY, *overrides)
 
 
 def snapshot(directory):
@@ -84,14 +93,24 @@ def test_bad_input_fails_fast_with_one_line_and_creates_nothing(tmp_path, overri
     assert not (tmp_path / "run").exists()
 
 
+def test_the_installed_command_exits_2_with_one_line_and_creates_nothing(tmp_path):
+    """The console script itself, in a new interpreter: the exit code and the line reach the shell."""
+    script = Path(sys.executable).parent / "bidir-train"
+    result = subprocess.run([str(script), f"rl_script_args.output_dir={tmp_path / 'run'}", *TINY,
+                             "rl_script_args.n_envs=0"], capture_output=True, text=True, timeout=120)
+    assert_one_error_line(result, "rl_script_args.n_envs must be >= 1, got 0")
+    assert not (tmp_path / "run").exists()
+
+
 def test_wandb_online_without_credentials(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
     env.update(HOME=str(home), WANDB_CONFIG_DIR=str(home / "wandb"), NETRC=str(home / "netrc"))
-    result, seconds = run_train(tmp_path / "run", "wandb.mode=online", env=env)
+    result = run_in_new_interpreter("bidir.train", f"rl_script_args.output_dir={tmp_path / 'run'}", *TINY,
+                                    "wandb.mode=online", env=env)
     assert_one_error_line(result, "run `wandb login` or set WANDB_API_KEY, or log offline with wandb.mode=offline")
-    assert seconds < 60 and not (tmp_path / "run").exists()
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

@@ -2,8 +2,6 @@
 import csv
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ from omegaconf import OmegaConf
 from bidir.compare import (agents_markdown, curves_figure, frames_to, levels_markdown, markdown, mean_ci, paired_difference,
                            smooth, summarize)
 from bidir.run_data import load_runs
+from entry import run_main
 
 
 def test_mean_ci_uses_students_t():
@@ -123,8 +122,7 @@ SMOLLM2 = ["lamorel_args.llm_configs.main_llm.model_path=/cache/smollm2-135m-ins
 
 
 def compare(*patterns, out):
-    return subprocess.run([sys.executable, "-m", "bidir.compare", *map(str, patterns), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    return run_main("bidir.compare", *map(str, patterns), "--out", str(out))
 
 
 def test_runs_of_one_method_with_different_models_are_compared_apart(tmp_path):
@@ -174,12 +172,10 @@ def test_a_seed_twice_in_one_group_is_refused(tmp_path):
 def test_cli_writes_table_and_plot_and_rejects_empty_input(tmp_path):
     write_run(tmp_path / "runs" / "s1", "glam", 1, [0.1, 0.2, 0.3])
     out = tmp_path / "cmp"
-    done = subprocess.run([sys.executable, "-m", "bidir.compare", str(tmp_path / "runs" / "*"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    done = run_main("bidir.compare", str(tmp_path / "runs" / "*"), "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "| glam | 1 |" in (out / "results.md").read_text() and (out / "comparison.png").stat().st_size > 0
-    empty = subprocess.run([sys.executable, "-m", "bidir.compare", str(tmp_path / "nothing")],
-                           capture_output=True, text=True, timeout=120)
+    empty = run_main("bidir.compare", str(tmp_path / "nothing"))
     assert empty.returncode == 2 and "no run directories" in empty.stderr
 
 
@@ -187,8 +183,7 @@ def test_cli_warns_about_unequal_budgets_and_short_runs_and_gives_no_interval_fo
     write_run(tmp_path / "runs" / "bidir1", "bidir", 1, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     write_run(tmp_path / "runs" / "bidir2", "bidir", 2, [0.1, 0.2, 0.3, 0.4, 0.5, 0.7])
     write_run(tmp_path / "runs" / "glam1", "glam", 1, [0.1, 0.2, 0.3])
-    done = subprocess.run([sys.executable, "-m", "bidir.compare", str(tmp_path / "runs" / "*"), "--out",
-                           str(tmp_path / "cmp")], capture_output=True, text=True, timeout=120)
+    done = run_main("bidir.compare", str(tmp_path / "runs" / "*"), "--out", str(tmp_path / "cmp"))
     assert done.returncode == 0, done.stderr
     warnings = [line for line in done.stderr.splitlines() if line.startswith("bidir-compare: warning:")]
     assert warnings == [
@@ -277,8 +272,7 @@ def test_a_runs_learning_curve_has_its_levels_references_and_its_legend_below(tm
 
 
 def test_help_shows_the_defaults():
-    done = subprocess.run([sys.executable, "-m", "bidir.compare", "--help"], capture_output=True, text=True,
-                          timeout=120)
+    done = run_main("bidir.compare", "--help")
     assert done.returncode == 0
     text = " ".join(done.stdout.split())
     for default in ["(default: comparison)", "final figures (default: 5)", "smoothing window (default: 5)",
@@ -327,8 +321,7 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, damage
         damage(run)
     patterns = [] if args[:1] == ["{tmp}/nothing"] else [str(tmp_path / "runs" / "*")]
     args = [arg.format(tmp=tmp_path) for arg in args]
-    done = subprocess.run([sys.executable, "-m", "bidir.compare", *patterns, *args, "--out", str(tmp_path / "cmp")],
-                          capture_output=True, text=True, timeout=120)
+    done = run_main("bidir.compare", *patterns, *args, "--out", str(tmp_path / "cmp"))
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("bidir-compare: error:")]
     assert len(errors) == 1 and message.format(run=run, tmp=tmp_path) in errors[0], done.stderr
@@ -339,8 +332,7 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, damage
 def test_cli_out_that_cannot_be_a_directory_exits_2_and_changes_nothing(tmp_path, out):
     write_run(tmp_path / "runs" / "s1", "glam", 1, [0.1, 0.2, 0.3])
     (tmp_path / "file").write_text("mine")
-    done = subprocess.run([sys.executable, "-m", "bidir.compare", str(tmp_path / "runs" / "*"),
-                           "--out", str(tmp_path / out)], capture_output=True, text=True, timeout=120)
+    done = run_main("bidir.compare", str(tmp_path / "runs" / "*"), "--out", str(tmp_path / out))
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("bidir-compare: error:")]
     assert errors == [f"bidir-compare: error: --out {tmp_path / out}: {tmp_path / 'file'} is not a writable "

@@ -1,12 +1,10 @@
 """Every key documented in bidir/conf/config.yaml is checked before a run creates anything: a value
 of the wrong type and a value out of its range each give exit code 2 and one `bidir: error:` line
-naming the key. The walk goes through the real entry point (`bidir.train.main`), in this process."""
-import sys
-
+naming the key. The walk goes through the real entry point (`bidir.train.main`), in this process (tests/entry.py)."""
 import pytest
 
-import bidir.train
 from bidir import checks
+from entry import run_main
 
 TINY = ["rl_script_args.n_envs=2", "rl_script_args.steps_per_iteration=16", "rl_script_args.eval_episodes=0",
         "rl_script_args.eval_every=0", "wandb.mode=disabled"]
@@ -55,23 +53,14 @@ def out_of_range(key):
     return str(value), f"{key} must be {f'in [{low}, {high}]' if high is not None else f'>= {low}'}, got {value}"
 
 
-def train_main(capsys, tmp_path, *overrides):
+def train_main(tmp_path, *overrides):
     """bidir.train's entry point on `overrides`: (exit code, stderr)."""
-    argv = sys.argv
-    sys.argv = ["bidir-train", f"rl_script_args.output_dir={tmp_path / 'run'}", *TINY, *overrides]
-    bidir.train._composed = False
-    try:
-        bidir.train.main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    finally:
-        sys.argv = argv
-    return code, capsys.readouterr().err
+    result = run_main("bidir.train", f"rl_script_args.output_dir={tmp_path / 'run'}", *TINY, *overrides)
+    return result.returncode, result.stderr
 
 
-def assert_refused(capsys, tmp_path, override, message):
-    code, err = train_main(capsys, tmp_path, override)
+def assert_refused(tmp_path, override, message):
+    code, err = train_main(tmp_path, override)
     lines = [line for line in err.splitlines() if line.startswith("bidir: error:")]
     assert code == 2 and len(lines) == 1 and lines[0].startswith(f"bidir: error: {message}"), err
     assert "Traceback" not in err
@@ -87,15 +76,15 @@ def test_every_documented_key_is_typed_and_ranged_or_free():
 
 
 @pytest.mark.parametrize("key", sorted(DOCUMENTED))
-def test_a_value_of_the_wrong_type_is_refused(capsys, tmp_path, key):
+def test_a_value_of_the_wrong_type_is_refused(tmp_path, key):
     kind = expected_type(key)
-    assert_refused(capsys, tmp_path, f"{key}={WRONG_TYPE[kind]}", f"{key} must be {checks._TYPE_NAMES[kind]}")
+    assert_refused(tmp_path, f"{key}={WRONG_TYPE[kind]}", f"{key} must be {checks._TYPE_NAMES[kind]}")
 
 
 @pytest.mark.parametrize("key", sorted(set(DOCUMENTED) - ANY_VALUE))
-def test_a_value_out_of_range_is_refused(capsys, tmp_path, key):
+def test_a_value_out_of_range_is_refused(tmp_path, key):
     value, message = out_of_range(key)
-    assert_refused(capsys, tmp_path, f"{key}={value}", message)
+    assert_refused(tmp_path, f"{key}={value}", message)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -108,7 +97,7 @@ def test_a_value_out_of_range_is_refused(capsys, tmp_path, key):
     (["rl_script_args.instructions=[turn left,1]"], "rl_script_args.instructions must be a list of strings, got [turn left, 1]"),
     (["setting=nope"], "unknown setting 'nope'; choose one of offline, paper, smollm2 (bidir/conf/setting/)"),
 ])
-def test_relations_between_keys_and_settings(capsys, tmp_path, overrides, message):
-    code, err = train_main(capsys, tmp_path, *overrides)
+def test_relations_between_keys_and_settings(tmp_path, overrides, message):
+    code, err = train_main(tmp_path, *overrides)
     assert code == 2 and err.strip() == f"bidir: error: {message}", err
     assert not (tmp_path / "run").exists()

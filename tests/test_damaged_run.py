@@ -1,15 +1,14 @@
 """A run directory damaged file by file (deleted, truncated, corrupted): each damage either
 resumes with nothing lost (what is replaced is kept aside, history is never cut) or is refused
 with exit code 2 and one exact line, leaving the directory as it was. Through the real entry
-point (`bidir.train.main`), in this process."""
+point (`bidir.train.main`), in this process (tests/entry.py)."""
 import csv
 import shutil
-import sys
 
 import pytest
 
-import bidir.train
 from bidir.run_files import check_run_dir
+from entry import run_main
 
 TINY = ["rl_script_args.n_envs=2", "rl_script_args.steps_per_iteration=16", "rl_script_args.eval_episodes=2",
         "rl_script_args.eval_every=0", "wandb.mode=disabled", "rl_script_args.method=bidir"]
@@ -18,17 +17,8 @@ FIX = "restore it from a copy, or start afresh in a new rl_script_args.output_di
 
 
 def train_main(out, iterations):
-    """bidir.train's entry point: (exit code, stderr, stdout)."""
-    argv = sys.argv
-    sys.argv = ["bidir-train", f"rl_script_args.output_dir={out}", *TINY, f"rl_script_args.iterations={iterations}"]
-    bidir.train._composed = False
-    try:
-        bidir.train.main()
-        return 0
-    except SystemExit as exit_:
-        return exit_.code
-    finally:
-        sys.argv = argv
+    """bidir.train's entry point on a run of `iterations` in `out`: its exit code, stdout and stderr."""
+    return run_main("bidir.train", f"rl_script_args.output_dir={out}", *TINY, f"rl_script_args.iterations={iterations}")
 
 
 def snapshot(directory):
@@ -46,7 +36,7 @@ def finished(tmp_path_factory):
     """A finished two-iteration bidir run: config.yaml, metrics.csv, eval_start.json, eval.json,
     learning_curve.png and checkpoints iter_000001, iter_000002 (trainer.pt, teacher.pt, manifest.json)."""
     out = tmp_path_factory.mktemp("damaged") / "run"
-    assert train_main(out, 2) == 0
+    assert train_main(out, 2).returncode == 0
     return out
 
 
@@ -105,18 +95,18 @@ FILES = ["config.yaml", "metrics.csv", "eval_start.json", "eval.json", "learning
 
 @pytest.mark.parametrize("how", ["delete", "truncate", "corrupt"])
 @pytest.mark.parametrize("name", FILES)
-def test_a_damaged_file_resumes_with_nothing_lost_or_is_refused(finished, tmp_path, capsys, name, how):
+def test_a_damaged_file_resumes_with_nothing_lost_or_is_refused(finished, tmp_path, name, how):
     out = tmp_path / "run"
     shutil.copytree(finished, out)
     damage(out / name, how)
     before = snapshot(out)
-    code = train_main(out, 3)
-    captured = capsys.readouterr()
+    captured = train_main(out, 3)
+    code = captured.returncode
     if (name, how) in REFUSED:
-        assert code == 2 and captured.err.strip() == "bidir: error: " + REFUSED[name, how].format(out=out), captured.err
+        assert code == 2 and captured.stderr.strip() == "bidir: error: " + REFUSED[name, how].format(out=out), captured.stderr
         assert snapshot(out) == before
         return
-    assert code == 0, captured.err
+    assert code == 0, captured.stderr
     resumed = rows(out / "metrics.csv")
     assert [r["iteration"] for r in resumed] == ["1", "2", "3"]
     assert resumed[:2] == rows(finished / "metrics.csv")  # the history, recomputed bit-exact where it was redone
@@ -126,34 +116,34 @@ def test_a_damaged_file_resumes_with_nothing_lost_or_is_refused(finished, tmp_pa
                "corrupt": f"{file} differs from what was written (SHA-256)"}[how]
         if file == "manifest.json":
             why = "its manifest.json is unreadable"
-        assert f"skipping incomplete checkpoint iter_000002: {why}" in captured.out + captured.err
+        assert f"skipping incomplete checkpoint iter_000002: {why}" in captured.stdout + captured.stderr
         assert (out / "metrics.1.csv").read_bytes() == before["metrics.csv"]  # the rows redone, kept aside
     if name == "eval.json" and how != "delete":
         assert (out / "eval.1.json").read_bytes() == before["eval.json"]
     assert check_run_dir(out, needs_teacher=True).name == "iter_000003"
 
 
-def test_a_run_whose_checkpoints_are_all_incomplete_is_refused(finished, tmp_path, capsys):
+def test_a_run_whose_checkpoints_are_all_incomplete_is_refused(finished, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(finished, out)
     for teacher in (out / "checkpoints").glob("iter_*/teacher.pt"):
         teacher.unlink()
     before = snapshot(out)
-    assert train_main(out, 3) == 2
-    assert capsys.readouterr().err.strip() == (
+    result = train_main(out, 3)
+    assert result.returncode == 2 and result.stderr.strip() == (
         f"bidir: error: cannot resume {out}: none of its checkpoints is complete (iter_000002: teacher.pt is missing; "
         f"iter_000001: teacher.pt is missing); restore them from a copy, or start afresh in a new "
         f"rl_script_args.output_dir")
     assert snapshot(out) == before
 
 
-def test_history_without_checkpoints_is_never_overwritten(finished, tmp_path, capsys):
+def test_history_without_checkpoints_is_never_overwritten(finished, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(finished, out)
     shutil.rmtree(out / "checkpoints")
     before = snapshot(out)
-    assert train_main(out, 3) == 2
-    assert capsys.readouterr().err.strip() == (
+    result = train_main(out, 3)
+    assert result.returncode == 2 and result.stderr.strip() == (
         f"bidir: error: cannot start in {out}: its metrics.csv holds iterations 1-2 but there is no checkpoint to "
         f"resume them from; restore checkpoints/ from a copy, or choose a new rl_script_args.output_dir")
     assert snapshot(out) == before

@@ -1,7 +1,4 @@
 """bidir-trace: one held-out episode, step by step, as text and as an animated picture."""
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -10,9 +7,8 @@ from bidir.evaluate import load_run, restore
 from bidir.trace import main as trace_cli
 from bidir.trace import trace_episode, trace_text
 from bidir.train import train
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from test_train import small_config  # noqa: E402
+from entry import run_main
+from test_train import small_config
 
 
 MIX = "BabyAI-GoToObj-v0+BabyAI-PickupDist-v0"
@@ -137,7 +133,7 @@ def test_cli_writes_the_text_and_a_picture_per_step(runs, tmp_path, capsys):
 ])
 def test_bad_input_exits_2_with_one_line(runs, tmp_path, args, message):
     fill = lambda s: s.replace("{tmp}", str(tmp_path)).replace("{student}", str(runs / "student"))  # noqa: E731
-    done = subprocess.run([sys.executable, "-m", "bidir.trace", *map(fill, args)], capture_output=True, text=True)
+    done = run_main("bidir.trace", *map(fill, args))
     errors = [line for line in done.stderr.splitlines() if "error:" in line]
     assert done.returncode == 2 and len(errors) == 1 and fill(message) in errors[0], done.stderr
     assert "Traceback" not in done.stderr and not list(tmp_path.glob("**/*.gif"))

@@ -13,6 +13,7 @@ from bidir.checkpoint import find as find_checkpoint
 from bidir.evaluate import evaluate_all, load_run, restore
 from bidir.metrics import FIRST_COLUMNS, MetricsLog
 from bidir.train import train
+from entry import run_main
 
 
 def timing(column):
@@ -142,18 +143,14 @@ def test_teacher_queried_every_k_steps_reuses_its_message(tmp_path):
 
 
 def test_bidir_eval_cli_on_a_run_directory(tmp_path):
-    import subprocess
-    import sys
     out = tmp_path / "cli"
     train(small_config(out, "glam", "rl_script_args.eval_episodes=0"))
-    done = subprocess.run([sys.executable, "-m", "bidir.evaluate", str(out), "--episodes", "3", "--json",
-                           str(tmp_path / "eval.json")], capture_output=True, text=True, timeout=300)
+    done = run_main("bidir.evaluate", str(out), "--episodes", "3", "--json", str(tmp_path / "eval.json"))
     assert done.returncode == 0, done.stderr
     assert "teacher_alone" in done.stdout
     results = json.loads((tmp_path / "eval.json").read_text())["results"]
     assert list(results) == ["teacher_alone"] and results["teacher_alone"]["episodes"] == 3
-    missing = subprocess.run([sys.executable, "-m", "bidir.evaluate", str(tmp_path / "none")],
-                             capture_output=True, text=True, timeout=300)
+    missing = run_main("bidir.evaluate", str(tmp_path / "none"))
     assert missing.returncode == 2 and "not a bidir run directory" in missing.stderr
 
 
