@@ -18,17 +18,18 @@ ENTRY_POINTS = {"bidir.train": bidir.train.main, "bidir.evaluate": bidir.evaluat
                 "bidir.compare": bidir.compare.main}
 
 
-def run_main(module: str, *args: str) -> subprocess.CompletedProcess:
-    """`python -m module args...` in this process: its exit code, stdout and stderr."""
+def run_main(entry, *args, prog: str | None = None) -> subprocess.CompletedProcess:
+    """`python -m entry args...` in this process: its exit code, stdout and stderr. `entry` is a
+    module of ENTRY_POINTS, or a script's main (its return value is the exit code) named `prog`."""
+    main = ENTRY_POINTS[entry] if isinstance(entry, str) else entry
     stdout, stderr = io.StringIO(), io.StringIO()
     argv = sys.argv
-    sys.argv = [module, *map(str, args)]
-    code = 0
+    sys.argv = [prog or entry, *map(str, args)]
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            ENTRY_POINTS[module]()
+            code = main() or 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
     finally:
         sys.argv = argv
-    return subprocess.CompletedProcess(sys.argv[:1] + [module, *args], code, stdout.getvalue(), stderr.getvalue())
+    return subprocess.CompletedProcess([prog or entry, *args], code, stdout.getvalue(), stderr.getvalue())

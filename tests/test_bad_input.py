@@ -102,6 +102,7 @@ def test_the_installed_command_exits_2_with_one_line_and_creates_nothing(tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # 7 s: a new interpreter
 def test_wandb_online_without_credentials(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -267,6 +268,7 @@ def test_bidir_eval_and_trace_refuse_a_damaged_run_and_an_unusable_output(studen
     assert not (tmp_path / "trace.txt").exists()
 
 
+@pytest.mark.slow  # 6 s: a new interpreter
 def test_prompting_with_an_unknown_level_creates_nothing(tmp_path):
     result = subprocess.run([sys.executable, "experiments/prompting.py", "--env-id", "BabyAI-Nope-v0", "--out",
                              str(tmp_path / "out")], capture_output=True, text=True, timeout=120)

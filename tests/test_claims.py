@@ -1,6 +1,5 @@
 """experiments/claims.py: the long-budget figures and the paired table, on hand-computed runs."""
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from test_compare import write_run  # a run directory as bidir.train leaves it
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 import claims  # noqa: E402
+from entry import run_main  # noqa: E402
 
 
 def run(returns, episodes=None, seed=1):
@@ -65,9 +65,6 @@ def test_convergence_figures_use_the_levels_return_threshold():
         claims.claims_table({"bidir": [level], "glam": [run([0.9] * 10)]})
 
 
-CLAIMS = Path(__file__).resolve().parent.parent / "experiments" / "claims.py"
-
-
 @pytest.mark.parametrize("args, message", [
     (["{tmp}/nothing"], "no run directories (with config.yaml and metrics.csv) in {tmp}/nothing"),
     (["{tmp}/bad/*/seed*"], "{tmp}/bad/bidir/seed1/metrics.csv: has no column return_mean"),
@@ -81,8 +78,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, mess
     (tmp_path / "bad" / "bidir" / "seed1" / "metrics.csv").write_text("iteration,frames\n0,100\n")
     (tmp_path / "file").write_text("mine")
     before = sorted(tmp_path.rglob("*"))
-    done = subprocess.run([sys.executable, str(CLAIMS), *(arg.replace("{tmp}", str(tmp_path)) for arg in args)],
-                          capture_output=True, text=True, timeout=120)
+    done = run_main(claims.main, *(arg.replace("{tmp}", str(tmp_path)) for arg in args), prog="claims.py")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("claims.py: error:")]
     assert len(errors) == 1 and message.replace("{tmp}", str(tmp_path)) in errors[0], done.stderr

@@ -12,6 +12,8 @@ import pytest
 from bidir.checkpoint import find as find_checkpoint
 from bidir.train import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 
+pytestmark = pytest.mark.slow  # each case trains, is signalled and resumes in new interpreters
+
 
 def command(output_dir, iterations):
     return [sys.executable, "-m", "bidir.train", f"rl_script_args.output_dir={output_dir}",

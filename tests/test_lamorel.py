@@ -20,7 +20,7 @@ sys.path.insert(0, str(SCRIPTS))
 from score_with_lamorel import LogProb, run_calls  # noqa: E402
 from tiny_models import build_tiny_gpt2  # noqa: E402
 
-pytestmark = pytest.mark.lamorel
+pytestmark = [pytest.mark.lamorel, pytest.mark.slow]  # Lamorel's servers start in processes of their own
 
 # (model_type, pre_encode_inputs). Causal pre-encoding fails inside Lamorel v0.3 on transformers 5.
 CASES = [("seq2seq", False), ("seq2seq", True), ("causal", False)]

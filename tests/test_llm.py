@@ -87,6 +87,7 @@ def reference_logprobs(path, model_type, contexts, candidates):
     return out
 
 
+@pytest.mark.slow  # six cases of 3-6 s
 @pytest.mark.parametrize("pre_encode_inputs", [False, True])
 @pytest.mark.parametrize("minibatch_size", [2, 3, 64])  # 2 and 3 split contexts across minibatches
 def test_seq2seq_scores_match_transformers(t5_path, pre_encode_inputs, minibatch_size):
@@ -145,6 +146,7 @@ def test_builtin_score_returns_probabilities_even_with_return_logprobs(t5_path):
     assert seen["return_logprobs"] is True and seen["current_minibatch_ids"] == list(range(8))
 
 
+@pytest.mark.slow  # 6 s
 def test_value_head_updater_and_batch_ids(t5_path):
     updater = OneSGDStep()
     caller = LocalCaller(lamorel_args(t5_path, minibatch_size=4),

@@ -1,7 +1,6 @@
 """experiments/plan.py: the grid in grid.yaml becomes one command per SLURM array task,
 and `--local` runs exactly those commands, in the same order."""
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,12 +11,15 @@ REPO = Path(__file__).resolve().parent.parent
 PLAN = REPO / "experiments" / "plan.py"
 sys.path.insert(0, str(PLAN.parent))
 import plan  # noqa: E402
+from entry import run_main  # noqa: E402
 
 
 def run_plan(*args, check=True):
-    return subprocess.run(
-        [sys.executable, str(PLAN), *map(str, args)], capture_output=True, text=True, check=check
-    )
+    """`python experiments/plan.py args...`, in this process (tests/entry.py)."""
+    done = run_main(plan.main, *args, prog="plan.py")
+    if check:
+        done.check_returncode()
+    return done
 
 
 def test_grid_is_the_papers_comparison():

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 import recompute  # noqa: E402
 
 
+@pytest.mark.slow  # 17 s: every study's tables
 def test_committed_tables_are_recomputed_from_committed_runs(capsys):
     assert recompute.studies(), "no committed study has per-run data"
     assert recompute.main(["--check"]) == 0, capsys.readouterr().err

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_train import assert_resumed_run_equals_uninterrupted  # noqa: E402
 
 pytest.importorskip("peft")
+pytestmark = pytest.mark.slow  # each case trains or scores a causal teacher twice, 5-30 s
 
 INSTRUCTIONS = ["turn left", "turn right", "go forward", "pick up", "drop", "toggle"]
 PROMPTS = [build_prompt("go to the red ball", [["You see a red ball 2 steps forward"]], []),

@@ -22,7 +22,7 @@ SCRIPTS = Path(__file__).parent / "lamorel_scripts"
 sys.path.insert(0, str(SCRIPTS))
 from teacher_with_lamorel import SETTINGS, run_teacher  # noqa: E402
 
-pytestmark = pytest.mark.lamorel
+pytestmark = [pytest.mark.lamorel, pytest.mark.slow]  # Lamorel's servers start in processes of their own
 
 
 def test_lamorel_shared_prefix_matches_local_full_sequences(tmp_path):

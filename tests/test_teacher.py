@@ -79,6 +79,7 @@ def test_ppo_update_moves_the_chosen_instruction_with_its_advantage(tmp_path, ad
     assert np.all(np.sign(after[:, 2] - before[:, 2]) == np.sign(advantage))
 
 
+@pytest.mark.slow  # 8 s
 def test_rows_outside_ppo_leave_the_policy_alone(tmp_path):
     # neither a strongly negative advantage nor the entropy bonus may move pi_T on rows the
     # teacher did not execute (value loss off: its gradient reaches the shared LLM and would move
@@ -90,6 +91,7 @@ def test_rows_outside_ppo_leave_the_policy_alone(tmp_path):
     np.testing.assert_allclose(after, before, atol=1e-6)
 
 
+@pytest.mark.slow  # 6 s
 def test_imitation_raises_the_imitated_action(tmp_path):
     # no PPO rows, a negative advantage that would lower it, an imitation weight on the first prompt only
     teacher = make_teacher(updater())
@@ -99,6 +101,7 @@ def test_imitation_raises_the_imitated_action(tmp_path):
     assert after[0, 2] > before[0, 2]
 
 
+@pytest.mark.slow  # 8 s
 def test_saved_teacher_reloads_with_identical_outputs(tmp_path):
     teacher = make_teacher(updater())
     ppo_update(teacher, 1.0, tmp_path)

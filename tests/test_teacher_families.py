@@ -33,6 +33,7 @@ try:
 except ImportError:  # the LoRA cases need peft (in the [test] and [lora] extras); the rest do not
     peft = None
 needs_peft = pytest.mark.skipif(peft is None, reason="peft is not installed")
+pytestmark = pytest.mark.slow  # each family trains, saves and rebuilds its teacher, 5-20 s a case
 
 INSTRUCTIONS = ["turn left", "turn right", "go forward", "pick up", "drop", "toggle"]
 PROMPTS = [build_prompt("go to the red ball", [["You see a red ball 2 steps forward"]], []),

@@ -61,6 +61,7 @@ def test_critique_is_the_students_advantage_and_the_rows_are_the_teachers(runs):
     assert text.count("teacher row: imitates") == sum(s.critique > 0 for s in steps)
 
 
+@pytest.mark.slow  # 5 s
 def test_every_row_variant_shows_ppo_on_the_students_steps_with_their_weights(runs):
     config, saved = load_run(runs / "bidir")
     config.rl_script_args.teacher_ppo_rows = "all"
@@ -73,6 +74,7 @@ def test_every_row_variant_shows_ppo_on_the_students_steps_with_their_weights(ru
     assert text.count("teacher row: PPO on") == len(steps)
 
 
+@pytest.mark.slow  # 21 s: two runs traced
 def test_with_the_gate_the_teacher_imitates_only_where_the_student_was_surer(runs):
     config, saved = load_run(runs / "bidir")
     student, teacher = restore(config, saved)
@@ -91,6 +93,7 @@ def test_with_the_gate_the_teacher_imitates_only_where_the_student_was_surer(run
     assert 0 < surer < steps  # these episodes hold imitated steps on both sides of the gate
 
 
+@pytest.mark.slow  # 6 s
 def test_training_mode_acts_as_the_run_at_its_checkpoint(runs):
     config, (_, steps, _, _) = traced(runs / "bidir", "training")
     # iteration 2 of 30: the teacher acts with eps = 1 - 2/30, the student sees half the messages
@@ -99,6 +102,7 @@ def test_training_mode_acts_as_the_run_at_its_checkpoint(runs):
     assert all(s.actor == "student" and s.probs is None and s.critique is None for s in student_steps)
 
 
+@pytest.mark.slow  # 11 s
 def test_a_run_made_before_the_newer_keys_is_traced_as_it_acted(runs, tmp_path):
     # config.yaml of a run made before teacher_share_end and critique_where_surer: no floor, no gate
     import re

@@ -187,6 +187,7 @@ def test_who_acts_and_the_behaviour_probability_the_student_learns_from(tmp_path
     assert (rows.imitation > 0).all() != bool(teacher_share)
 
 
+@pytest.mark.slow  # 7 s
 def test_each_agents_held_out_curve_is_measured_without_changing_training(tmp_path):
     plain, measured = tmp_path / "plain", tmp_path / "measured"
     train(small_config(plain, "bidir", "rl_script_args.iterations=5", "rl_script_args.eval_episodes=0"))
@@ -204,6 +205,7 @@ def test_each_agents_held_out_curve_is_measured_without_changing_training(tmp_pa
     assert strip(rows) == strip(read_rows(plain / "metrics.csv"))
 
 
+@pytest.mark.slow  # 8 s
 def test_a_mix_is_evaluated_level_by_level():
     from bidir.envs import INSTRUCTIONS
     from bidir.evaluate import evaluate, format_table
