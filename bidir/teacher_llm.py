@@ -169,6 +169,11 @@ class TeacherPPOUpdater(BaseUpdater):
                 for k in ("actions", "logprobs", "values", "advantages", "returns", "ppo", "weights", "imitation")}
         # every server splits its share into as many minibatches as the whole batch makes
         minibatches = max(1, math.ceil(len(rows["actions"]) / s.minibatch_size))
+        # BabyAI prompts repeat: each distinct prompt is tokenized once per update, not once per epoch
+        prompts, prompt_of_row = np.unique(contexts, return_inverse=True)
+        tokenizer = getattr(self._llm_module, "module", self._llm_module)._LLM_tokenizer
+        prompt_ids = tokenizer(list(prompts), add_special_tokens=False, return_token_type_ids=False)["input_ids"]
+        # the losses are summed on their device (in float64, as Python floats summed them) and read once, at the end
         sums, steps = dict.fromkeys(LOSS_NAMES, 0.0), 0
         for _ in range(s.epochs):
             for minibatch in np.array_split(np.arange(len(contexts)), minibatches):
@@ -179,24 +184,25 @@ class TeacherPPOUpdater(BaseUpdater):
                     # servers' shares may split into different numbers of pieces.
                     sync = number == len(pieces) - 1 or not hasattr(self._llm_module, "no_sync")
                     with contextlib.nullcontext() if sync else self._llm_module.no_sync():
-                        parts = self._losses(contexts, candidates[piece[0]], piece, data)
+                        parts = self._losses(prompt_ids, prompt_of_row, candidates[piece[0]], piece, data)
                         loss = (parts[0] - s.entropy_coef * parts[2] + s.value_loss_coef * parts[1]
                                 + s.imitation_coef * parts[3])
                         if not torch.isfinite(loss):  # report it to the client instead of stepping on it
                             return {name: value.item() for name, value in zip(LOSS_NAMES, parts)}
                         (loss * len(piece) / len(minibatch)).backward()
                     for name, value in zip(LOSS_NAMES, parts):
-                        sums[name] += value.item()
+                        sums[name] = sums[name] + value.detach().double()
                     steps += 1
                 torch.nn.utils.clip_grad_norm_(self._llm_module.parameters(), s.max_grad_norm)
                 self.optimizer.step()
-        return {name: total / steps for name, total in sums.items()}
+        return {name: float(total) / steps for name, total in sums.items()}
 
-    def _losses(self, contexts, instructions, piece, data):
+    def _losses(self, prompt_ids, prompt_of_row, instructions, piece, data):
         """(policy loss, value loss, entropy, imitation loss, approx KL, clip fraction) on the rows
-        `piece`. BabyAI prompts repeat: one forward per distinct prompt, gathered back per row."""
-        distinct, rows_of = np.unique([contexts[i] for i in piece], return_inverse=True)
-        outputs = self._llm_module(["score", "value"], contexts=list(distinct),
+        `piece`, row i's prompt being the token ids `prompt_ids[prompt_of_row[i]]`. One forward per
+        distinct prompt, gathered back per row."""
+        distinct, rows_of = np.unique(prompt_of_row[piece], return_inverse=True)
+        outputs = self._llm_module(["score", "value"], contexts=[prompt_ids[i] for i in distinct],
                                    candidates=[instructions] * len(distinct), require_grad=True,
                                    pad_contexts=True)  # causal: one context end per minibatch
         dist = torch.distributions.Categorical(logits=torch.stack([o["score"] for o in outputs])[rows_of])

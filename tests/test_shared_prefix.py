@@ -13,7 +13,8 @@ import torch
 from omegaconf import OmegaConf
 
 from bidir.critique import TeacherRows
-from bidir.llm import LocalCaller, SharedPrefixOutputs
+from bidir.llm import LocalCaller, SharedPrefixOutputs, install_shared_prefix
+from bidir.llm.shared_prefix import node_rows, answer_tree, joined_attention
 from bidir.models import build_model
 from bidir.prompts import build_prompt
 from bidir.teacher import Teacher
@@ -121,3 +122,72 @@ def test_resumed_run_with_cached_frozen_layers_equals_uninterrupted_run(tmp_path
     overrides = [f"{key}.model_path=tiny-llama", f"{key}.model_type=causal", f"{key}.pre_encode_inputs=false",
                  f"{key}.lora.enabled=true", f"{key}.lora.r=4", f"{key}.lora.layers=2", "rl_script_args.eval_episodes=0"]
     assert_resumed_run_equals_uninterrupted(tmp_path, "bidir", overrides, 3, 1)
+
+
+def test_answer_tree_keeps_each_read_position_once():
+    """Two prompts (context[:-1] left-padded to 3 columns, context[-1] at column 3) and candidates of
+    2, 2, 1 and 2 tokens: a node per position whose output is read, each once per prompt. "a b" and
+    "a c" share context[-1] and "a"; a candidate's last token predicts nothing, so has no node."""
+    ids = torch.tensor([[0, 11, 12, 13, 21, 22], [0, 11, 12, 13, 21, 23], [0, 11, 12, 13, 24, 0],
+                        [31, 32, 33, 34, 21, 22]])
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
+    tree = answer_tree(ids, mask, 3)
+    assert tree.contexts == [(11, 12), (31, 32, 33)]
+    assert tree.nodes == [[(13,), (13, 21)], [(34,), (34, 21)]]
+    assert tree.first.tolist() == [0, 3] and tree.width == 2
+    assert tree.node_tokens.tolist() == [[13, 21], [34, 21]]
+    assert tree.node_positions.tolist() == [[2, 3], [3, 4]]  # counted over attended tokens
+    assert tree.ancestry.tolist() == [[[True, False], [True, True]]] * 2
+    # row b's answer column j -> slot u * 2 + n of its node (0 where nothing is read)
+    assert tree.node_of.tolist() == [[0, 1, 0], [0, 1, 0], [0, 0, 0], [2, 3, 0]]
+
+
+def test_joined_attention():
+    """One prompt with one pad and two attended tokens, then two nodes, the second extending the first."""
+    mask, positions = joined_attention(torch.tensor([[0, 1, 1]]), torch.tensor([[[True, False], [True, True]]]),
+                                       torch.tensor([[2, 3]]), torch.float32)
+    assert (mask[0, 0] == 0).int().tolist() == [[1, 0, 0, 0, 0],   # a pad sees itself only
+                                                [0, 1, 0, 0, 0],
+                                                [0, 1, 1, 0, 0],
+                                                [0, 1, 1, 1, 0],   # a node: the context and itself
+                                                [0, 1, 1, 1, 1]]   # ... and the node it extends
+    assert positions.tolist() == [[0, 0, 1, 2, 3]]
+
+
+@pytest.fixture(scope="module")
+def tiny_scoring(model_path):
+    from transformers import AutoModelForCausalLM
+
+    return install_shared_prefix(AutoModelForCausalLM.from_pretrained(model_path).eval(), 64)
+
+
+def joined_inputs(scoring, contexts, nodes):
+    """Embedded joined sequences of prompts of one length, each with the same `nodes`, and their
+    mask and positions."""
+    rows = [node_rows(nodes, len(nodes), len(c)) for c in contexts]
+    ids = torch.tensor([list(c) + r[0] for c, r in zip(contexts, rows)])
+    mask, positions = joined_attention(torch.ones(len(contexts), len(contexts[0]), dtype=torch.long),
+                                       torch.tensor([r[2] for r in rows]), torch.tensor([r[1] for r in rows]),
+                                       torch.float32)
+    return scoring.decoder.embed_tokens(ids), mask, positions
+
+
+@torch.no_grad()
+def test_a_prompts_frozen_outputs_do_not_depend_on_its_batch(tiny_scoring):
+    """At one shape, a prompt's outputs of the lower layers are the same bits alone and in a batch,
+    at any row: what lets the frozen layers' cache be filled by batches and stay exact."""
+    contexts = [(5, 6, 7, 8, 9), (15, 16, 17, 18, 19), (25, 26, 27, 28, 29)]
+    nodes = [(40,), (40, 41), (40, 42)]
+    alone = tiny_scoring.run_layers(0, 2, *joined_inputs(tiny_scoring, contexts[1:2], nodes), 5)
+    batch = tiny_scoring.run_layers(0, 2, *joined_inputs(tiny_scoring, contexts, nodes), 5)
+    assert torch.equal(alone[0], batch[1])
+
+
+@torch.no_grad()
+def test_top_layer_with_the_contexts_keys_and_values_only(tiny_scoring):
+    """The nodes' outputs are the same, to float rounding, when the top layer computes only the
+    context's keys and values (the attention then concatenates them: 4e-9 here)."""
+    inputs = joined_inputs(tiny_scoring, [(5, 6, 7, 8, 9), (15, 16, 17, 18, 19)], [(40,), (40, 41)])
+    every = tiny_scoring.run_layers(0, 4, *inputs, 5)
+    torch.testing.assert_close(tiny_scoring.run_layers(0, 4, *inputs, 5, nodes_only=True), every[:, 5:],
+                               atol=1e-7, rtol=0)
