@@ -25,8 +25,10 @@ def run(*command):
 
 
 def run_in_new_interpreter(*command, env=None):
-    """`python -m command...` in a new interpreter (its environment `env`)."""
-    return subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, timeout=120, env=env)
+    """`python -m command...` in a new interpreter (its environment `env`): (result, seconds)."""
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, timeout=120, env=env)
+    return result, time.monotonic() - started
 
 
 def run_train(output_dir, *overrides):
@@ -108,10 +110,10 @@ def test_wandb_online_without_credentials(tmp_path):
     home.mkdir()
     env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
     env.update(HOME=str(home), WANDB_CONFIG_DIR=str(home / "wandb"), NETRC=str(home / "netrc"))
-    result = run_in_new_interpreter("bidir.train", f"rl_script_args.output_dir={tmp_path / 'run'}", *TINY,
-                                    "wandb.mode=online", env=env)
+    result, seconds = run_in_new_interpreter("bidir.train", f"rl_script_args.output_dir={tmp_path / 'run'}", *TINY,
+                                             "wandb.mode=online", env=env)
     assert_one_error_line(result, "run `wandb login` or set WANDB_API_KEY, or log offline with wandb.mode=offline")
-    assert not (tmp_path / "run").exists()
+    assert seconds < 60 and not (tmp_path / "run").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
